@@ -1,0 +1,173 @@
+"""Job identity, the manifest store, and the stage state machine.
+
+- `derive_job_id`: the same input (bucket, key, bytes) is always the same job, so a
+  duplicated event or a re-upload of identical bytes cannot start a second job.
+- `ManifestStore`: `create` is create-if-absent (the job lock); `update` is a
+  compare-and-swap loop on the manifest's etag, so concurrent writers (a worker, a
+  webhook sender, a cancel) never lose each other's changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+from collections.abc import Callable, Iterator
+from importlib import metadata
+
+from core.storage import PreconditionFailed, Storage
+from schemas.errors import VideostudioError
+from schemas.manifest import (
+    InputRecord,
+    JobManifest,
+    JobStatus,
+    StageManifest,
+    StageRecord,
+    StageStatus,
+    Versions,
+    utcnow,
+)
+
+JOBS_PREFIX = "jobs/"
+CAS_RETRIES = 50
+
+# Which stage statuses may follow which: anything else is a bug, not a user error.
+STAGE_TRANSITIONS: dict[StageStatus, set[StageStatus]] = {
+    StageStatus.pending: {StageStatus.queued, StageStatus.running, StageStatus.cancelled, StageStatus.failed},
+    StageStatus.queued: {StageStatus.running, StageStatus.cancelled, StageStatus.failed},
+    StageStatus.running: {StageStatus.running, StageStatus.succeeded, StageStatus.failed, StageStatus.queued,
+                          StageStatus.cancelled},
+    StageStatus.failed: {StageStatus.queued},  # an explicit retry
+    StageStatus.succeeded: set(),
+    StageStatus.cancelled: set(),
+}
+
+
+class InvalidTransition(VideostudioError):
+    def __init__(self, stage: str, old: StageStatus, new: StageStatus) -> None:
+        super().__init__("invalid_transition", f"stage {stage!r} cannot go from {old.value} to {new.value}")
+
+
+def set_stage_status(manifest: JobManifest, stage: str, new: StageStatus) -> StageRecord:
+    record = manifest.stages[stage]
+    if new != record.status and new not in STAGE_TRANSITIONS[record.status]:
+        raise InvalidTransition(stage, record.status, new)
+    record.status = new
+    return record
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "job"
+
+
+def derive_job_id(bucket: str, key: str, content_hash: str) -> str:
+    """`<readable stem>-<16 hex of sha256(bucket, key, content)>`: stable, path-safe, unique per input."""
+    digest = hashlib.sha256(f"{bucket}\0{key}\0{content_hash}".encode()).hexdigest()[:16]
+    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{_slug(stem)}-{digest}"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"{JOBS_PREFIX}{job_id}/manifest.json"
+
+
+def stage_prefix(job_id: str, stage: str) -> str:
+    return f"{JOBS_PREFIX}{job_id}/{stage}/"
+
+
+def cancel_marker_key(job_id: str) -> str:
+    return f"{JOBS_PREFIX}{job_id}/cancel-requested"
+
+
+def package_versions(model: str | None = None) -> Versions:
+    def version_of(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return Versions(
+        videostudio=version_of("videostudio") or "0+unknown",
+        python=platform.python_version(),
+        torch=version_of("torch"),
+        diffusers=version_of("diffusers"),
+        model=model,
+    )
+
+
+def new_manifest(job_id: str, kind: str, input_record: InputRecord, stages: list[str]) -> JobManifest:
+    return JobManifest(
+        job_id=job_id,
+        kind=kind,
+        input=input_record,
+        stages={name: StageRecord() for name in stages},
+        versions=package_versions(),
+    )
+
+
+class ManifestStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def load(self, job_id: str) -> JobManifest | None:
+        manifest, _ = self._load_with_etag(job_id)
+        return manifest
+
+    def _load_with_etag(self, job_id: str) -> tuple[JobManifest | None, str | None]:
+        key = manifest_key(job_id)
+        for _ in range(CAS_RETRIES):
+            info = self.storage.stat(key)
+            if info is None:
+                return None, None
+            data = self.storage.get_bytes(key)
+            after = self.storage.stat(key)
+            if after is not None and after.etag == info.etag:  # nobody replaced it between stat and read
+                return JobManifest.model_validate_json(data), info.etag
+        raise VideostudioError("manifest_contention", f"manifest of {job_id} keeps changing", retryable=True)
+
+    def create(self, manifest: JobManifest) -> bool:
+        """Create the job's manifest unless it exists: True for the one caller that created the job."""
+        return self.storage.create_if_absent(manifest_key(manifest.job_id), _dump(manifest),
+                                             content_type="application/json")
+
+    def update(self, job_id: str, mutate: Callable[[JobManifest], None]) -> JobManifest:
+        """Apply `mutate` to the latest manifest and write it back if nobody wrote in between."""
+        for _ in range(CAS_RETRIES):
+            manifest, etag = self._load_with_etag(job_id)
+            if manifest is None:
+                raise VideostudioError("job_not_found", f"no job {job_id!r}")
+            mutate(manifest)
+            manifest.updated_at = utcnow()
+            try:
+                self.storage.put_bytes(manifest_key(job_id), _dump(manifest), if_match=etag,
+                                       content_type="application/json")
+                return manifest
+            except PreconditionFailed:
+                continue
+        raise VideostudioError("manifest_contention", f"could not update manifest of {job_id}", retryable=True)
+
+    def write_stage_manifest(self, stage_manifest: StageManifest) -> str:
+        key = stage_prefix(stage_manifest.job_id, stage_manifest.stage) + "manifest.json"
+        self.storage.put_bytes(key, stage_manifest.model_dump_json(indent=2).encode(), content_type="application/json")
+        return key
+
+    def job_ids(self) -> Iterator[str]:
+        for info in self.storage.list(JOBS_PREFIX):
+            parts = info.key.split("/")
+            if len(parts) == 3 and parts[2] == "manifest.json":
+                yield parts[1]
+
+    def all(self) -> Iterator[JobManifest]:
+        for job_id in self.job_ids():
+            manifest = self.load(job_id)
+            if manifest is not None:
+                yield manifest
+
+    def active(self) -> Iterator[JobManifest]:
+        for manifest in self.all():
+            if not JobStatus(manifest.status).terminal:
+                yield manifest
+
+
+def _dump(manifest: JobManifest) -> bytes:
+    return manifest.model_dump_json(indent=2).encode()

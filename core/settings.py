@@ -1,0 +1,36 @@
+"""Settings users set through `VIDEOSTUDIO_*` environment variables (or a `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BUCKET = "./bucket"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEOSTUDIO_", env_file=".env", extra="ignore")
+
+    bucket: str = Field(default=DEFAULT_BUCKET, description="A folder path or s3://bucket/prefix.")
+    webhook_secret: SecretStr | None = Field(default=None, description="Standard Webhooks secret (whsec_…).")
+    api_token: SecretStr | None = None
+    model: str = Field(default="tiny", description="Model for briefs that name none.")
+    device: str = Field(default="auto", description="auto | cpu | cuda")
+
+    lease_s: float = Field(default=60.0, gt=0, description="Queue visibility timeout and stage heartbeat horizon.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per stage before the job is dead-lettered.")
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    watch_quiet_s: float = Field(default=1.0, ge=0, description="A file is complete after this long at a stable size.")
+    progress_interval_s: float = Field(default=0.5, ge=0, description="Throttle for progress writes to the manifest.")
+
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_base_s: float = Field(default=1.0, ge=0)
+    webhook_backoff_cap_s: float = Field(default=300.0, ge=0)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

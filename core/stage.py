@@ -1,0 +1,102 @@
+"""What a stage sees and returns. A stage is a plain function `(StageContext) -> StageResult`.
+
+It knows nothing of queues, leases, retries or Modal: the runner does all of that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+from core.storage import Storage
+from schemas.errors import VideostudioError
+from schemas.manifest import InputRecord, JobManifest
+
+
+class JobCancelled(VideostudioError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__("cancelled", f"job {job_id} was cancelled")
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, str] = field(default_factory=dict, metadata={"doc": "name → bucket key of this stage's outputs"})
+    metrics: dict[str, Any] = field(default_factory=dict)
+    request: dict[str, Any] | None = None  # replaces the manifest's validated request (prepare sets it)
+    job_outputs: dict[str, str] = field(default_factory=dict)  # promoted to the job manifest's `outputs`
+    warnings: list[str] = field(default_factory=list)
+    model_id: str | None = None  # recorded in the manifest's `versions.model`
+
+
+ProgressFn = Callable[[float, str, int | None, int | None], None]
+
+
+@dataclass
+class StageContext:
+    job_id: str
+    stage: str
+    attempt: int
+    manifest: JobManifest  # a snapshot taken when the stage started
+    storage: Storage
+    settings: Settings
+    scratch: Path  # a private temp folder, removed after the stage
+    _progress: ProgressFn
+    _cancel_requested: Callable[[], bool]
+    _last_cancel_check: float = 0.0
+
+    @property
+    def request(self) -> dict[str, Any] | None:
+        return self.manifest.request
+
+    @property
+    def input(self) -> InputRecord:
+        return self.manifest.input
+
+    def output_key(self, name: str) -> str:
+        return f"jobs/{self.job_id}/{self.stage}/{name}"
+
+    def put_output_file(self, name: str, path: Path, *, content_type: str | None = None) -> str:
+        key = self.output_key(name)
+        self.storage.put_file(key, path, content_type=content_type)
+        return key
+
+    def put_output_bytes(self, name: str, data: bytes, *, content_type: str | None = None) -> str:
+        key = self.output_key(name)
+        self.storage.put_bytes(key, data, content_type=content_type)
+        return key
+
+    def progress(self, fraction: float, message: str = "", *, step: int | None = None, total: int | None = None) -> None:
+        """Report progress (throttled into the manifest by the runner) and honour a cancel request."""
+        self._progress(max(0.0, min(1.0, fraction)), message, step, total)
+        self.check_cancelled()
+
+    def check_cancelled(self, *, every_s: float = 0.5) -> None:
+        now = time.monotonic()
+        if now - self._last_cancel_check < every_s:
+            return
+        self._last_cancel_check = now
+        if self._cancel_requested():
+            raise JobCancelled(self.job_id)
+
+
+StageFn = Callable[[StageContext], StageResult]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The routing table handed to the runner: which stages each job kind runs, and the stage functions."""
+
+    routes: Mapping[str, Sequence[str]]
+    stages: Mapping[str, StageFn]
+    classify: Callable[[Storage, str], str]  # (storage, input key) → job kind
+
+    def route(self, kind: str) -> list[str]:
+        return list(self.routes.get(kind) or self.routes[self.default_kind])
+
+    @property
+    def default_kind(self) -> str:
+        return next(iter(self.routes))

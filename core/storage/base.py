@@ -1,0 +1,114 @@
+"""The storage interface. Keys are `/`-separated and relative; callers never see machine paths.
+
+Shaped after S3 so that an S3 backend fits without changing callers:
+- conditional puts: `if_none_match=True` (create-if-absent, the lock primitive) and `if_match=etag`
+  (compare-and-swap for manifests);
+- every object has an opaque `etag` that changes on every write;
+- `url()` gives a link for an output (a presigned URL on S3, a file URL locally).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from schemas.errors import VideostudioError
+
+_SAFE_KEY = re.compile(r"^[^\x00-\x1f\\]+$")
+HASH_CHUNK = 1 << 20
+
+
+class StorageError(VideostudioError):
+    pass
+
+
+class PreconditionFailed(StorageError):
+    """A conditional put lost: the object exists (if_none_match) or changed (if_match)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("precondition_failed", f"conditional write to {key!r} failed")
+        self.key = key
+
+
+class ObjectNotFound(StorageError):
+    def __init__(self, key: str) -> None:
+        super().__init__("object_not_found", f"no object at {key!r}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    modified: datetime
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could escape the bucket or hide in it (`..`, absolute, control characters)."""
+    if not key or key.startswith("/") or not _SAFE_KEY.match(key):
+        raise StorageError("invalid_key", f"invalid bucket key {key!r}")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise StorageError("invalid_key", f"invalid bucket key {key!r}")
+    return key
+
+
+class Storage(abc.ABC):
+    """A bucket. Implementations: `LocalStorage` (a folder), S3 (later)."""
+
+    #: A short, non-secret identity used in job ids and events (folder name or bucket name).
+    name: str
+
+    @abc.abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
+        content_type: str | None = None,
+    ) -> ObjectInfo:
+        """Write atomically: readers see the old object or the new one, never a part."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def download(self, key: str, path: Path) -> Path: ...
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix`, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def url(self, key: str, *, expires_s: int = 3600) -> str: ...
+
+    # Derived helpers shared by every backend.
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def create_if_absent(self, key: str, data: bytes, *, content_type: str | None = None) -> bool:
+        """Create `key` unless it exists. True if this call created it."""
+        try:
+            self.put_bytes(key, data, if_none_match=True, content_type=content_type)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def content_hash(self, key: str) -> str:
+        """sha256 of the object's bytes (streamed by backends that can)."""
+        return hashlib.sha256(self.get_bytes(key)).hexdigest()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return [info.key for info in self.list(prefix)]

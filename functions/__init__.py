@@ -1,0 +1,1 @@
+"""The stage functions (prepare, render, …), their model backends, and the routing table."""

@@ -1,0 +1,1 @@
+"""Model backends used by the stages."""

@@ -1,0 +1,88 @@
+"""render: the resolved plan → an H.264 MP4 at the brief's fps and a poster JPEG, with diffusers' MochiPipeline."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from core.stage import StageContext, StageResult
+from core.video import frames_to_uint8, write_mp4, write_poster
+from functions.models.mochi import load_pipeline
+from schemas.errors import VideostudioError
+from schemas.plan import RenderPlan
+
+DENOISE_SHARE = 0.9  # of the stage's progress bar; decoding and encoding take the rest
+CPU_QUANTIZATION = ("auto", "bf16")
+
+
+def render(ctx: StageContext) -> StageResult:
+    if not ctx.request or "plan" not in ctx.request:
+        raise VideostudioError("missing_plan", "render needs the plan written by prepare")
+    plan = RenderPlan.model_validate(ctx.request["plan"])
+    if plan.quantization not in CPU_QUANTIZATION:
+        raise VideostudioError("quantization_unavailable",
+                               f"quantization {plan.quantization!r} is not available in this version; use auto or bf16")
+
+    # 1. load the pipeline (cached per process)
+    ctx.progress(0.0, f"loading model {plan.model}")
+    clock = time.perf_counter()
+    loaded = load_pipeline(plan.model, device_setting=ctx.settings.device)
+    load_s = time.perf_counter() - clock
+    if plan.avatar:
+        _require_avatar(ctx, plan.avatar)
+
+    # 2. denoise, reporting each step (and stopping there if the job is cancelled)
+    def on_step_end(pipe, step: int, timestep, callback_kwargs):
+        ctx.progress(DENOISE_SHARE * (step + 1) / plan.steps, "denoising", step=step + 1, total=plan.steps)
+        return callback_kwargs
+
+    generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+    clock = time.perf_counter()
+    with torch.inference_mode():
+        output = loaded.pipe(
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt or None,
+            height=plan.height,
+            width=plan.width,
+            num_frames=plan.num_frames,
+            num_inference_steps=plan.steps,
+            guidance_scale=plan.guidance_scale,
+            generator=generator,
+            output_type="np",
+            max_sequence_length=loaded.max_sequence_length,
+            callback_on_step_end=on_step_end,
+        )
+    denoise_s = time.perf_counter() - clock
+    frames = frames_to_uint8(output.frames[0])
+
+    # 3. encode at the brief's fps (not diffusers' default 10 fps) and write a poster
+    ctx.progress(DENOISE_SHARE, "encoding")
+    clock = time.perf_counter()
+    video_path = write_mp4(frames, ctx.scratch / "video.mp4", fps=plan.fps)
+    poster_path = write_poster(frames[len(frames) // 2], ctx.scratch / "poster.jpg")
+    encode_s = time.perf_counter() - clock
+
+    # 4. outputs first; the runner writes the manifest after them
+    video_key = ctx.put_output_file("video.mp4", video_path, content_type="video/mp4")
+    poster_key = ctx.put_output_file("poster.jpg", poster_path, content_type="image/jpeg")
+    ctx.progress(1.0, "done")
+    return StageResult(
+        outputs={"video": video_key, "poster": poster_key},
+        job_outputs={"video": video_key, "poster": poster_key},
+        metrics={
+            "frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
+            "fps": plan.fps, "steps": plan.steps, "seed": plan.seed,
+            "load_s": round(load_s, 3), "denoise_s": round(denoise_s, 3), "encode_s": round(encode_s, 3),
+            "steps_per_s": round(plan.steps / denoise_s, 3) if denoise_s else None,
+            "device": loaded.device, "dtype": str(loaded.dtype).removeprefix("torch."),
+            "random_weights": loaded.random_weights,
+        },
+        model_id=plan.model,
+    )
+
+
+def _require_avatar(ctx: StageContext, avatar: str) -> None:
+    if not ctx.storage.exists(f"avatars/{avatar}/manifest.json"):
+        raise VideostudioError("avatar_not_found", f"no deployed avatar {avatar!r}")
+    raise VideostudioError("avatar_unsupported", f"avatar {avatar!r} exists, but this version cannot load avatar LoRAs")

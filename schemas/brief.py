@@ -1,0 +1,219 @@
+"""Briefs: what a user drops into `inbox/` (YAML or JSON).
+
+`kind: render` (the default) asks for a generated video; `kind: train` asks for a
+custom avatar trained from a video of a person. `parse_brief` turns raw bytes into
+one of them or raises a `VideostudioError` with a specific code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from schemas.errors import VideostudioError
+
+Preset = Literal["fast", "balanced", "quality"]
+Quantization = Literal[
+    "bf16", "fp8", "fp8-per-channel", "fp8-static", "fp8-dynamic", "int8", "nf4", "auto"
+]
+WebhookEventType = Literal[
+    "job.succeeded", "job.failed", "job.cancelled", "stage.started", "stage.succeeded", "stage.failed"
+]
+
+MAX_PROMPT_CHARS = 10_000  # far above any text encoder's window; bounds manifest size
+MAX_SIDE = 2048
+MAX_BRIEF_BYTES = 1_000_000
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class WebhookSpec(BaseModel):
+    """Where to POST job events. Signed with the bucket's Standard Webhooks secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    events: list[WebhookEventType] = Field(default_factory=lambda: ["job.succeeded", "job.failed"])
+
+
+class _BriefBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    model: str | None = Field(
+        default=None,
+        description="`tiny` (random weights, offline, output is noise), a diffusers Mochi repo id, "
+        "or a local path. Defaults to VIDEOSTUDIO_MODEL.",
+    )
+    seed: int = Field(default=42, ge=0, le=2**63 - 1)
+    webhook: WebhookSpec | None = None
+
+
+class RenderBrief(_BriefBase):
+    """A text-to-video request rendered with Mochi 1 through diffusers."""
+
+    kind: Literal["render"] = "render"
+    prompt: str = Field(description="What to render.")
+    negative_prompt: str = ""
+    preset: str = Field(default="balanced", description="fast | balanced | quality")
+    duration_s: float | None = Field(
+        default=None, gt=0, le=60, description="Snapped to 6k+1 frames at `fps`; defaults to the preset's."
+    )
+    num_frames: int | None = Field(
+        default=None, ge=1, le=1801, description="Exact frame count (snapped to 6k+1); overrides duration_s."
+    )
+    steps: int | None = Field(default=None, description="Denoising steps; overrides the preset.")
+    fps: int = Field(default=30, ge=1, le=120)
+    width: int = Field(default=848, description="Multiple of 16.")
+    height: int = Field(default=480, description="Multiple of 16.")
+    guidance_scale: float = Field(default=4.5, ge=0, le=30)
+    quantization: Quantization = "auto"
+    avatar: str | None = Field(default=None, pattern=ID_PATTERN)
+    avatar_strength: float = Field(default=1.0, ge=0, le=2)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: str) -> str:
+        if not value:
+            raise PydanticCustomError("empty_prompt", "prompt must not be empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise PydanticCustomError(
+                "prompt_too_long", "prompt has {n} characters; the limit is {limit}",
+                {"n": len(value), "limit": MAX_PROMPT_CHARS},
+            )
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in ("fast", "balanced", "quality"):
+            raise PydanticCustomError(
+                "unknown_preset", "unknown preset {preset!r}; use fast, balanced or quality", {"preset": value}
+            )
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 500:
+            raise PydanticCustomError("invalid_steps", "steps must be between 1 and 500, got {steps}", {"steps": value})
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16 or not 16 <= value <= MAX_SIDE:
+            raise PydanticCustomError(
+                "invalid_dimensions", "width and height must be multiples of 16 between 16 and {max}, got {v}",
+                {"max": MAX_SIDE, "v": value},
+            )
+        return value
+
+
+class TrainBrief(_BriefBase):
+    """A custom-avatar request: a video of one person becomes a LoRA."""
+
+    kind: Literal["train"]
+    avatar: str = Field(pattern=ID_PATTERN, description="The avatar id to create.")
+    video: str | None = Field(
+        default=None, description="Bucket key of the training video (outside inbox/); "
+        "a bare video dropped into inbox/ sets it implicitly."
+    )
+    extract_fps: float = Field(default=25, gt=0, le=60)
+    backend: Literal["mochi-lora"] = "mochi-lora"
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=4, ge=1, le=256)
+    learning_rate: float = Field(default=2.0e-5, gt=0, le=1)
+    grad_accumulation: int = Field(default=1, ge=1, le=1024)
+    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    lora_rank: int = Field(default=16, ge=1, le=512)
+    lora_alpha: float | None = Field(default=None, gt=0)
+
+    @field_validator("video")
+    @classmethod
+    def _video_key_is_safe(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise PydanticCustomError("invalid_key", "video key {key!r} must be a relative bucket key", {"key": value})
+        return value
+
+
+Brief = Annotated[Union[RenderBrief, TrainBrief], Field(discriminator="kind")]
+_BRIEF_ADAPTER: TypeAdapter[RenderBrief | TrainBrief] = TypeAdapter(Brief)
+
+# pydantic error types that are ours (raised above) keep their name as the error code.
+_OWN_CODES = {"empty_prompt", "prompt_too_long", "unknown_preset", "invalid_steps", "invalid_dimensions", "invalid_key"}
+
+
+def brief_json_schema() -> dict[str, Any]:
+    """JSON Schema for editors: either brief kind."""
+    return _BRIEF_ADAPTER.json_schema()
+
+
+def _load_document(data: bytes, filename: str) -> Any:
+    if len(data) > MAX_BRIEF_BYTES:
+        raise VideostudioError("brief_too_large", f"brief is {len(data)} bytes; the limit is {MAX_BRIEF_BYTES}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VideostudioError("invalid_encoding", f"brief is not UTF-8 text: {exc.reason}") from None
+    if filename.lower().endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VideostudioError("invalid_json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise VideostudioError("invalid_yaml", f"not valid YAML: {problem}{at}") from None
+
+
+def _code_for(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind in _OWN_CODES:
+        return kind
+    if kind == "union_tag_invalid":
+        return "unknown_kind"
+    if kind == "missing":
+        return "missing_field"
+    if kind == "extra_forbidden":
+        return "unknown_field"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "invalid_field_type"
+    return "invalid_field_value"
+
+
+def validation_error_to_videostudio(exc: ValidationError) -> VideostudioError:
+    errors = exc.errors(include_url=False)
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err["loc"] if p not in ("render", "train")) or "brief"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return VideostudioError(_code_for(errors[0]), "; ".join(parts) + more)
+
+
+def parse_brief(data: bytes, filename: str = "brief.yaml") -> RenderBrief | TrainBrief:
+    """Parse and validate a brief; raise `VideostudioError` with a specific code."""
+    document = _load_document(data, filename)
+    if document is None:
+        raise VideostudioError("empty_brief", "the brief is empty")
+    if not isinstance(document, dict):
+        raise VideostudioError("invalid_brief", f"a brief is a mapping of fields, got {type(document).__name__}")
+    document.setdefault("kind", "render")
+    try:
+        return _BRIEF_ADAPTER.validate_python(document)
+    except ValidationError as exc:
+        raise validation_error_to_videostudio(exc) from None

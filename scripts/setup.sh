@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian machine: ffmpeg, a .venv with pinned torch, the project, facenet-pytorch.
+# Re-running is cheap: it skips pip when nothing it depends on has changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. ffmpeg and ffprobe (ffmpeg-python shells out to both; Debian's package brings both)
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  echo "setup: installing ffmpeg from Debian"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+# 2. a virtual environment with Python 3.11
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+pip_quiet() {  # pip, without the noise of this machine's optional local indexes
+  set +e
+  .venv/bin/python -m pip "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
+  local status=${PIPESTATUS[0]}
+  set -e
+  return "$status"
+}
+
+stamp=".venv/.videostudio-installed"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing torch 2.14.1, torchvision 0.29.1 and videostudio into .venv"
+  pip_quiet install -q --upgrade pip
+  # 3. torch first, pinned (torchvision is needed by MTCNN's NMS)
+  pip_quiet install -q "torch==2.14.1" "torchvision==0.29.1"
+  # 4. the project and its test tools
+  pip_quiet install -q -e ".[dev]"
+  # 5. facenet-pytorch without its metadata's pins on old torch and numpy
+  pip_quiet install -q --no-deps "facenet-pytorch==2.6.0"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""What turns the outside world into jobs: the folder watcher, the reconciler, workers and the CLI."""

@@ -1,0 +1,326 @@
+"""The `videostudio` command line.
+
+Every verb takes `--bucket` (a folder; default `./bucket`, or VIDEOSTUDIO_BUCKET).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.jobs import manifest_key
+from core.runner import Runner
+from core.settings import DEFAULT_BUCKET, Settings
+from core.storage import LocalStorage
+from schemas.brief import brief_json_schema
+from schemas.errors import VideostudioError
+from schemas.events import StorageEvent
+from schemas.manifest import JobManifest, JobStatus
+from triggers.reconciler import InboxScanner, reconcile_forever, run_once
+from triggers.watcher import watch_inbox
+from triggers.wiring import open_runner
+from triggers.worker import work_until
+
+app = typer.Typer(help="videostudio: files in a bucket become videos and custom avatars.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+BucketOpt = Annotated[str, typer.Option("--bucket", "-b", envvar="VIDEOSTUDIO_BUCKET",
+                                        help="Bucket folder (or VIDEOSTUDIO_BUCKET).")]
+WATCH_POLL_S = 0.25
+
+
+def _settings(bucket: str) -> Settings:
+    return Settings(bucket=bucket)
+
+
+def _runner(bucket: str, **kwargs: Any) -> Runner:
+    return open_runner(_settings(bucket), **kwargs)
+
+
+def _fail(exc: VideostudioError) -> None:
+    err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+    raise typer.Exit(2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)])
+
+
+def _print_event(event: str, data: dict[str, Any]) -> None:
+    if event == "stage.progress":
+        return
+    stamp = time.strftime("%H:%M:%S")
+    if event == "job.created":
+        console.print(f"{stamp} [cyan]job[/cyan] {data['job_id']} ({data['kind']}) from {data['key']}")
+    elif event == "stage.started":
+        console.print(f"{stamp}   {data['job_id']} → {data['stage']} (attempt {data['attempt']})")
+    elif event == "stage.succeeded":
+        console.print(f"{stamp}   {data['job_id']} ✓ {data['stage']} in {data['seconds']:.2f}s")
+    elif event == "stage.retry":
+        console.print(f"{stamp}   {data['job_id']} ↻ {data['stage']}: {data['error']['code']} (retry in {data['delay_s']:.0f}s)")
+    elif event == "job.finished":
+        colour = {"succeeded": "green", "failed": "red"}.get(data["status"], "yellow")
+        detail = f" {data['error']['code']}: {data['error']['message']}" if data.get("error") else ""
+        console.print(f"{stamp} [{colour}]{data['status']}[/{colour}] {data['job_id']}{detail}")
+    elif event == "webhook.attempt":
+        console.print(f"{stamp}   {data['job_id']} webhook → {data['status_code'] or 'no response'}")
+    elif event == "reconciled":
+        console.print(f"{stamp} [yellow]re-queued[/yellow] {', '.join(data['requeued'])}")
+
+
+def _worker_process(bucket: str, stop_event: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    runner = _runner(bucket, on_event=_print_event)
+    work_until(runner, stop_event)
+
+
+@app.command()
+def up(bucket: BucketOpt = DEFAULT_BUCKET,
+       workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+       verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Watch inbox/ and run workers until Ctrl-C."""
+    _setup_logging(verbose)
+    runner = _runner(bucket, on_event=_print_event)
+    stop = threading.Event()
+    mp_stop = multiprocessing.get_context("spawn").Event()
+
+    def request_stop(*_: Any) -> None:
+        stop.set()
+        mp_stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    scanner = InboxScanner(runner)
+
+    def submit_key(key: str) -> None:
+        try:
+            runner.submit(StorageEvent(bucket=runner.storage.name, key=key, source="folder"))
+        except VideostudioError as exc:
+            err.print(f"[red]cannot submit[/red] {key}: {exc.code}: {exc.message}")
+
+    run_once(runner, scanner)  # on start: recover whatever the last run left
+    assert isinstance(runner.storage, LocalStorage)
+    threads = [
+        threading.Thread(target=watch_inbox, args=(runner.storage, submit_key, stop),
+                         kwargs={"quiet_s": runner.settings.watch_quiet_s}, name="watcher", daemon=True),
+        threading.Thread(target=reconcile_forever, args=(runner, stop),
+                         kwargs={"interval_s": runner.settings.reconcile_interval_s}, name="reconciler", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    extra = [multiprocessing.get_context("spawn").Process(target=_worker_process, args=(bucket, mp_stop), daemon=True)
+             for _ in range(workers - 1)]
+    for process in extra:
+        process.start()
+    console.print(f"[bold]videostudio up[/bold]: watching {bucket}/inbox with {workers} worker(s). Ctrl-C stops.")
+    work_until(runner, stop)
+    for process in extra:
+        process.join(timeout=30)
+    console.print("stopped")
+
+
+@app.command()
+def submit(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+           bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """Copy FILE into inbox/ and queue its job."""
+    runner = _runner(bucket)
+    job_id, created = _submit_file(runner, file)
+    console.print(f"{'queued' if created else 'already known'}: {job_id}")
+    console.print(f"manifest: {_manifest_path(runner, job_id)}")
+
+
+def _submit_file(runner: Runner, file: Path) -> tuple[str, bool]:
+    key = f"inbox/{file.name}"
+    try:
+        info = runner.storage.put_file(key, file)
+        return runner.submit(StorageEvent(bucket=runner.storage.name, key=key, size=info.size, etag=info.etag,
+                                          source="cli"))
+    except VideostudioError as exc:
+        _fail(exc)
+        raise
+
+
+def _manifest_path(runner: Runner, job_id: str) -> str:
+    storage = runner.storage
+    return str(storage.path(manifest_key(job_id))) if isinstance(storage, LocalStorage) else manifest_key(job_id)
+
+
+@app.command()
+def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+        bucket: BucketOpt = DEFAULT_BUCKET,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Submit FILE and process its job here to completion. Exit 0 only if it succeeded."""
+    _setup_logging(verbose)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            stage = data.get("stage")
+            if event == "stage.started":
+                tasks[stage] = progress.add_task(f"{stage}", total=1.0, detail=f"attempt {data['attempt']}")
+            elif event == "stage.progress" and stage in tasks:
+                step = f"step {data['step']}/{data['total']}" if data.get("total") else data.get("message", "")
+                progress.update(tasks[stage], completed=data["fraction"], detail=step)
+            elif event == "stage.succeeded" and stage in tasks:
+                progress.update(tasks[stage], completed=1.0, detail=f"done in {data['seconds']:.2f}s")
+            elif event in ("stage.retry", "webhook.attempt", "job.finished"):
+                _print_event(event, data)
+
+        runner = _runner(bucket, on_event=on_event)
+        job_id, created = _submit_file(runner, file)
+        progress.console.print(f"job {job_id} ({'new' if created else 'existing'})")
+        manifest = _drive(runner, job_id)
+    _print_summary(runner, manifest)
+    raise typer.Exit(0 if manifest.status == JobStatus.succeeded else 1)
+
+
+def _drive(runner: Runner, job_id: str) -> JobManifest:
+    """Process this job's messages until it is finished and its due webhooks are sent once."""
+    while True:
+        manifest = runner.store.load(job_id)
+        if manifest.status.terminal and not any(
+                d.status == "pending" and not d.attempts for d in manifest.webhooks):
+            return manifest
+        if not runner.work_once(job_id=job_id):
+            if manifest.status.terminal:
+                return manifest  # remaining webhook retries are left to `videostudio up`
+            if runner.queue.pending(job_id) == 0:
+                runner.reconcile()
+            time.sleep(0.05)
+
+
+def _print_summary(runner: Runner, manifest: JobManifest) -> None:
+    colour = {"succeeded": "green", "failed": "red"}.get(manifest.status.value, "yellow")
+    console.print(f"[{colour}]{manifest.status.value}[/{colour}] job {manifest.job_id}")
+    console.print(f"manifest: {_manifest_path(runner, manifest.job_id)}")
+    if manifest.error:
+        console.print(f"error: {manifest.error.code}: {manifest.error.message}")
+    storage = runner.storage
+    for name, key in manifest.outputs.items():
+        where = storage.path(key) if isinstance(storage, LocalStorage) else key
+        console.print(f"{name}: {where}")
+    for warning in manifest.warnings:
+        console.print(f"[yellow]note[/yellow]: {warning}")
+
+
+def _load_or_exit(runner: Runner, job_id: str) -> JobManifest:
+    try:
+        manifest = runner.store.load(job_id)
+    except VideostudioError as exc:
+        _fail(exc)
+    if manifest is None:
+        _fail(VideostudioError("job_not_found", f"no job {job_id!r}"))
+    return manifest
+
+
+@app.command()
+def status(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest.")] = False) -> None:
+    """Show one job."""
+    runner = _runner(bucket)
+    manifest = _load_or_exit(runner, job_id)
+    if as_json:
+        print(manifest.model_dump_json(indent=2))
+        return
+    _print_summary(runner, manifest)
+    table = Table("stage", "status", "attempts", "progress", "seconds", "error")
+    for name, record in manifest.stages.items():
+        table.add_row(name, record.status.value, str(record.attempts),
+                      f"{record.progress.fraction:.0%}" if record.progress else "",
+                      f"{manifest.cost.seconds.get(name, 0):.2f}", record.error.code if record.error else "")
+    console.print(table)
+
+
+@app.command()
+def jobs(bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """List jobs, newest first."""
+    runner = _runner(bucket)
+    table = Table("job", "kind", "status", "stage", "input", "updated")
+    for manifest in sorted(runner.store.all(), key=lambda m: m.created_at, reverse=True):
+        table.add_row(manifest.job_id, manifest.kind, manifest.status.value, manifest.current_stage() or "",
+                      manifest.input.key, manifest.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def _describe(manifest: JobManifest) -> str:
+    stage = manifest.current_stage()
+    line = f"{manifest.job_id} {manifest.status.value}"
+    if stage and not manifest.status.terminal:
+        record = manifest.stages[stage]
+        line += f" {stage}:{record.status.value}"
+        if record.progress:
+            line += f" {record.progress.fraction:.0%} {record.progress.message}"
+    if manifest.error:
+        line += f" {manifest.error.code}"
+    return line
+
+
+@app.command()
+def watch(job_id: Annotated[Optional[str], typer.Argument()] = None, bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """Print manifest changes as they happen (one job until it finishes, or every job until Ctrl-C)."""
+    runner = _runner(bucket)
+    if job_id:
+        _load_or_exit(runner, job_id)
+    last: dict[str, str] = {}
+    try:
+        while True:
+            manifests = [runner.store.load(job_id)] if job_id else list(runner.store.all())
+            for manifest in manifests:
+                line = _describe(manifest)
+                if last.get(manifest.job_id) != line:
+                    last[manifest.job_id] = line
+                    console.print(f"{time.strftime('%H:%M:%S')} {line}")
+            if job_id and manifests[0].status.terminal:
+                return
+            time.sleep(WATCH_POLL_S)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def cancel(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """Cancel a job: now if it is waiting, at the next step if it is running."""
+    runner = _runner(bucket)
+    try:
+        manifest = runner.cancel(job_id)
+    except VideostudioError as exc:
+        _fail(exc)
+    console.print(f"{job_id}: {'cancelled' if manifest.status == JobStatus.cancelled else 'cancel requested'}")
+
+
+@app.command()
+def schema(which: Annotated[str, typer.Argument(help="brief | manifest")]) -> None:
+    """Print JSON Schema for briefs or manifests (for editor validation)."""
+    if which == "brief":
+        document = brief_json_schema()
+    elif which == "manifest":
+        document = JobManifest.model_json_schema()
+    else:
+        err.print("choose brief or manifest")
+        raise typer.Exit(2)
+    print(json.dumps(document, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The safety net: re-enqueue lost or stalled work, and create jobs for inputs nobody announced."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core.runner import Runner
+from schemas.errors import VideostudioError
+from schemas.events import StorageEvent
+
+log = logging.getLogger("videostudio.reconciler")
+
+
+class InboxScanner:
+    """Lists `inbox/` and submits inputs without a job. Remembers (key, etag) so it hashes each file once."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self._known: dict[str, str] = {}
+
+    def scan(self) -> list[str]:
+        created = []
+        for info in self.runner.storage.list("inbox/"):
+            if self._known.get(info.key) == info.etag:
+                continue
+            try:
+                job_id, was_created = self.runner.submit(
+                    StorageEvent(bucket=self.runner.storage.name, key=info.key, size=info.size, etag=info.etag,
+                                 source="reconciler"))
+            except VideostudioError as exc:
+                log.warning("cannot submit %s: %s", info.key, exc.message)
+                continue
+            self._known[info.key] = info.etag
+            if was_created:
+                created.append(job_id)
+        return created
+
+
+def reconcile_forever(runner: Runner, stop: threading.Event, *, interval_s: float, scan_inbox: bool = True) -> None:
+    scanner = InboxScanner(runner)
+    while not stop.wait(interval_s):
+        run_once(runner, scanner if scan_inbox else None)
+
+
+def run_once(runner: Runner, scanner: InboxScanner | None = None) -> None:
+    try:
+        runner.reconcile()
+        if scanner is not None:
+            scanner.scan()
+    except Exception:
+        log.exception("reconcile pass failed")
