@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from core.jobs import manifest_key
 from core.runner import Runner
@@ -249,11 +249,19 @@ def status(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
 
 
 @app.command()
-def jobs(bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+def jobs(bucket: BucketOpt = DEFAULT_BUCKET,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
     """List jobs, newest first."""
     runner = _runner(bucket)
-    table = Table("job", "kind", "status", "stage", "input", "updated")
-    for manifest in sorted(runner.store.all(), key=lambda m: m.created_at, reverse=True):
+    manifests = sorted(runner.store.all(), key=lambda m: m.created_at, reverse=True)
+    if as_json:
+        print(json.dumps([{"job_id": m.job_id, "kind": m.kind, "status": m.status.value, "stage": m.current_stage(),
+                           "input": m.input.key, "updated_at": m.updated_at.isoformat()} for m in manifests], indent=2))
+        return
+    table = Table("kind", "status", "stage", "input", "updated")
+    # Ids are what people copy into other commands: never wrap or truncate them.
+    table.columns.insert(0, Column("job", no_wrap=True, min_width=max((len(m.job_id) for m in manifests), default=3)))
+    for manifest in manifests:
         table.add_row(manifest.job_id, manifest.kind, manifest.status.value, manifest.current_stage() or "",
                       manifest.input.key, manifest.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)

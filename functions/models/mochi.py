@@ -69,6 +69,8 @@ def build_tiny_pipeline(seed: int = 0):
             vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
             relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         ))
+    for module in (transformer, vae, text_encoder):
+        module.eval()  # modules built from a config start in training mode: dropout would break determinism
     pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                          tokenizer=_tiny_tokenizer(), transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
