@@ -35,13 +35,16 @@ def redact_url(url: str) -> str:
     """Keep scheme, host and path; drop user info, query and fragment (they may carry tokens)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def signed_headers(secret: str | None, msg_id: str, body: bytes, *, now: datetime | None = None) -> dict[str, str]:
-    timestamp = now or datetime.now(timezone.utc)
+    # In UTC: `Webhook.sign` reads the wall clock as UTC, so another zone would sign a different instant.
+    timestamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     headers = {
         "content-type": "application/json",
         "user-agent": USER_AGENT,

@@ -163,9 +163,11 @@ def _load_document(data: bytes, filename: str) -> Any:
     if len(data) > MAX_BRIEF_BYTES:
         raise VideostudioError("brief_too_large", f"brief is {len(data)} bytes; the limit is {MAX_BRIEF_BYTES}")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # editors on Windows often save UTF-8 with a BOM; json.loads rejects it
     except UnicodeDecodeError as exc:
         raise VideostudioError("invalid_encoding", f"brief is not UTF-8 text: {exc.reason}") from None
+    if not text.strip():
+        return None  # empty whatever the extension (json.loads would call it invalid JSON)
     if filename.lower().endswith(".json"):
         try:
             return json.loads(text)
