@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import random
 import re
+import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 
@@ -30,6 +32,7 @@ from schemas.manifest import (
 
 JOBS_PREFIX = "jobs/"
 CAS_RETRIES = 50
+CAS_BACKOFF_S = 0.02
 
 # Which stage statuses may follow which: anything else is a bug, not a user error.
 STAGE_TRANSITIONS: dict[StageStatus, set[StageStatus]] = {
@@ -143,6 +146,7 @@ class ManifestStore:
                                        content_type="application/json")
                 return manifest
             except PreconditionFailed:
+                time.sleep(random.uniform(0, CAS_BACKOFF_S))  # de-synchronise writers that collided
                 continue
         raise VideostudioError("manifest_contention", f"could not update manifest of {job_id}", retryable=True)
 

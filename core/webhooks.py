@@ -115,9 +115,12 @@ def post_once(url: str, body: bytes, headers: dict[str, str], *, timeout_s: floa
     )
 
 
+MAX_RETRY_AFTER_S = 6 * 3600.0  # a receiver may ask us to wait, but not forever
+
+
 def next_delay(attempt: int, *, base_s: float, cap_s: float, retry_after_s: float | None = None) -> float:
-    """Exponential backoff with full jitter; a receiver's Retry-After wins when it asks for longer."""
-    backoff = random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))
+    """Exponential backoff with full jitter; a receiver's Retry-After wins when it asks for longer (up to 6 h)."""
+    backoff = random.uniform(0, min(cap_s, base_s * 2 ** min(attempt - 1, 60)))
     if retry_after_s is not None:
-        return min(max(backoff, retry_after_s), max(cap_s, retry_after_s))
+        return min(max(backoff, retry_after_s), MAX_RETRY_AFTER_S)
     return backoff

@@ -287,6 +287,7 @@ def test_download(store: LocalStorage, tmp_path: Path) -> None:
 @pytest.mark.parametrize("key", [
     "", "../x", "a/../../x", "..", "/abs", "/etc/passwd", "a//b", "a/", "./a", "a/./b",
     "a\x00b", "a\nb", "tab\there", "esc\x1b", "back\\slash",
+    ".videostudio/queue.sqlite3", "inbox/.hidden.yaml", "..hidden-ish/x",
 ])
 def test_validate_key_refuses_unsafe_keys(store: LocalStorage, key: str) -> None:
     with pytest.raises(StorageError) as exc:
@@ -298,7 +299,7 @@ def test_validate_key_refuses_unsafe_keys(store: LocalStorage, key: str) -> None
 
 
 @pytest.mark.parametrize("key", ["a", "inbox/sunrise.yaml", "a/b/c/d.txt", "with space/my file.yaml",
-                                 "ünïcødé/日本語.yaml", "emoji/🎬.mp4", "dots/a..b", "..hidden-ish/x"])
+                                 "ünïcødé/日本語.yaml", "emoji/🎬.mp4", "dots/a..b", "x/tail."])
 def test_validate_key_accepts_normal_keys(key: str) -> None:
     assert validate_key(key) == key
 

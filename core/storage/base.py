@@ -50,11 +50,14 @@ class ObjectInfo:
 
 
 def validate_key(key: str) -> str:
-    """Refuse keys that could escape the bucket or hide in it (`..`, absolute, control characters)."""
+    """Refuse keys that could escape the bucket or hide in it (`..`, absolute, control characters).
+
+    Parts starting with `.` are refused too: hidden names are temp files and local state, never objects.
+    """
     if not key or key.startswith("/") or not _SAFE_KEY.match(key):
         raise StorageError("invalid_key", f"invalid bucket key {key!r}")
     parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
         raise StorageError("invalid_key", f"invalid bucket key {key!r}")
     return key
 
