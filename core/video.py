@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,13 +16,36 @@ from schemas.errors import VideostudioError
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as displayed: rotation metadata already applied
     height: int
     fps: float
     num_frames: int
     duration_s: float
     codec: str
     pix_fmt: str
+    rotation: int = 0  # degrees clockwise the player rotates the stored picture
+    variable_frame_rate: bool = False
+    bit_depth: int = 8
+    has_audio: bool = False
+
+
+# Formats ffprobe reports for still images: a picture renamed .mp4 is not a video.
+IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe", "apng")
+
+
+def _rotation(stream: dict) -> int:
+    """Rotation from the display matrix side data (new ffmpeg) or the legacy `rotate` tag."""
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(round(-float(side["rotation"]))) % 360
+    tag = (stream.get("tags") or {}).get("rotate")
+    return int(tag) % 360 if tag else 0
+
+
+def _fraction(value: str | None) -> float:
+    if not value or value in ("0/0", "N/A"):
+        return 0.0
+    return float(Fraction(value))
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -65,27 +89,90 @@ def write_poster(frame: np.ndarray, path: Path, *, quality: int = 90) -> Path:
     return path
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """ffprobe the first video stream; raise `unreadable_video` / `no_video_stream` on bad files."""
+def probe_video(path: Path, *, count_frames: bool = False) -> VideoInfo:
+    """ffprobe the first video stream.
+
+    Raises `unreadable_video` (ffprobe cannot parse it), `not_a_video` (a still image) or
+    `no_video_stream` (audio only).
+    """
     try:
-        info = ffmpeg.probe(str(path), count_frames=None)
+        info = ffmpeg.probe(str(path), **({"count_frames": None} if count_frames else {}))
     except ffmpeg.Error as exc:
-        message = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise VideostudioError("unreadable_video", f"ffprobe cannot read the file: {message[-1] if message else exc}") from None
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
-    if not streams:
+        lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        detail = lines[-1].replace(str(path), "<input>") if lines else "unknown error"
+        raise VideostudioError("unreadable_video", f"ffprobe cannot read the file: {detail}") from None
+    streams = info.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")]
+    fmt = info.get("format", {})
+    if not video:
         raise VideostudioError("no_video_stream", "the file has no video stream")
-    stream = streams[0]
-    fps = float(Fraction(stream.get("avg_frame_rate") or stream.get("r_frame_rate") or "0/1")) if stream.get(
-        "avg_frame_rate", "0/0") != "0/0" else 0.0
+    if any(name in fmt.get("format_name", "").split(",") for name in IMAGE_FORMATS):
+        raise VideostudioError("not_a_video", f"the file is a still image ({fmt.get('format_name')}), not a video")
+    stream = video[0]
+    rotation = _rotation(stream)
+    width, height = int(stream["width"]), int(stream["height"])
+    if rotation in (90, 270):
+        width, height = height, width
+    avg, real = _fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate"))
     frames = stream.get("nb_read_frames") or stream.get("nb_frames") or 0
-    duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0.0)
+    duration = float(stream.get("duration") or fmt.get("duration") or 0.0)
+    bits = stream.get("bits_per_raw_sample")
     return VideoInfo(
-        width=int(stream["width"]),
-        height=int(stream["height"]),
-        fps=fps,
+        width=width,
+        height=height,
+        fps=avg or real,
         num_frames=int(frames),
         duration_s=duration,
         codec=stream.get("codec_name", ""),
         pix_fmt=stream.get("pix_fmt", ""),
+        rotation=rotation,
+        # A container whose average rate differs from its base rate has frames of uneven length.
+        variable_frame_rate=bool(avg and real and abs(avg - real) / real > 0.01),
+        bit_depth=int(bits) if bits and str(bits).isdigit() else (10 if "10" in stream.get("pix_fmt", "") else 8),
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
     )
+
+
+@dataclass(frozen=True)
+class ExtractedFrame:
+    index: int
+    time_s: float
+    path: Path  # the full-resolution JPEG ffmpeg writes (complete once extraction finishes)
+    thumbnail: np.ndarray  # small grayscale copy [h, w] uint8, for quality checks
+
+
+def extract_frames(path: Path, out_dir: Path, *, fps: float, size: tuple[int, int], thumb_width: int = 256,
+                   jpeg_qscale: int = 2) -> Iterator[ExtractedFrame]:
+    """Decode once, sample at `fps`, and write full-resolution JPEGs while streaming small gray thumbnails.
+
+    ffmpeg's `split` filter feeds two outputs from one decode: numbered JPEGs in `out_dir`
+    (encoded by ffmpeg's own multi-threaded mjpeg encoder) and a grayscale rawvideo pipe.
+    Only one thumbnail is in memory at a time. Rotation metadata is applied by ffmpeg's
+    autorotate; the `fps` filter turns variable frame rate into evenly spaced samples.
+    `size` is the displayed (width, height) from `probe_video`.
+    """
+    width, height = size
+    thumb_w = min(thumb_width, width) // 2 * 2
+    thumb_h = max(2, round(height * thumb_w / width) // 2 * 2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampled = ffmpeg.input(str(path)).video.filter("fps", fps=fps).split()
+    full = sampled[0].output(str(out_dir / "%06d.jpg"), start_number=0, **{"q:v": jpeg_qscale})
+    small = sampled[1].filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
+    process = (ffmpeg.merge_outputs(full, small).global_args("-loglevel", "error", "-nostdin")
+               .run_async(pipe_stdout=True, pipe_stderr=True))
+    frame_bytes = thumb_w * thumb_h
+    index = 0
+    try:
+        while True:
+            chunk = process.stdout.read(frame_bytes)
+            if len(chunk) < frame_bytes:
+                break
+            thumb = np.frombuffer(chunk, dtype=np.uint8).reshape(thumb_h, thumb_w)
+            yield ExtractedFrame(index, index / fps, out_dir / f"{index:06d}.jpg", thumb)
+            index += 1
+    finally:
+        process.stdout.close()
+        stderr = process.stderr.read().decode(errors="replace")
+        code = process.wait()
+    if code != 0:
+        raise VideostudioError("unreadable_video", f"ffmpeg could not decode the video: {stderr.strip()[-300:]}")
