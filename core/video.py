@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -55,25 +56,27 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_mp4(frames: np.ndarray, path: Path, *, fps: int, crf: int = 18) -> Path:
-    """Encode [T,H,W,3] uint8 RGB frames as H.264 (yuv420p, faststart) at exactly `fps`.
+def write_mp4(frames: np.ndarray | Iterable[np.ndarray], path: Path, *, fps: int, crf: int = 18) -> Path:
+    """Encode RGB frames ([T,H,W,3] array or an iterable of [H,W,3]) as H.264 (yuv420p, faststart) at exactly `fps`.
 
-    Frames are streamed to ffmpeg's stdin one at a time, so memory stays flat.
+    Frames are streamed to ffmpeg's stdin one at a time, so an iterable keeps memory flat.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected [T,H,W,3] frames, got {frames.shape}")
-    count, height, width, _ = frames.shape
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None or first.ndim != 3 or first.shape[-1] != 3:
+        raise ValueError(f"expected [H,W,3] frames, got {None if first is None else first.shape}")
+    height, width, _ = first.shape
     process = (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
         .output(str(path), vcodec="libx264", pix_fmt="yuv420p", crf=crf, preset="medium", r=fps,
-                movflags="+faststart", **{"frames:v": count})
+                movflags="+faststart")
         .overwrite_output()
         .global_args("-loglevel", "error", "-nostdin")
         .run_async(pipe_stdin=True, pipe_stderr=True)
     )
     try:
-        for frame in frames_to_uint8(frames):
-            process.stdin.write(np.ascontiguousarray(frame).tobytes())
+        for frame in itertools.chain([first], iterator):
+            process.stdin.write(np.ascontiguousarray(frames_to_uint8(frame)).tobytes())
     except BrokenPipeError:
         pass  # ffmpeg exited early; its stderr says why below
     finally:

@@ -7,6 +7,7 @@ model; the resolved plan becomes the job's validated `request`.
 from __future__ import annotations
 
 from core.stage import StageContext, StageResult
+from functions.prepare_video import default_train_brief, prepare_training_video
 from functions.presets import resolve_render_plan
 from schemas.brief import RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
@@ -33,8 +34,7 @@ def prepare(ctx: StageContext) -> StageResult:
     key = ctx.input.key
     lower = key.lower()
     if lower.endswith(VIDEO_SUFFIXES):
-        raise VideostudioError("unsupported_kind", "this version renders briefs only; training from a video "
-                               "arrives with the align and train stages")
+        return prepare_training_video(ctx, default_train_brief(key))
     if not lower.endswith(BRIEF_SUFFIXES):
         raise VideostudioError("unsupported_input", f"{key!r} is neither a brief ({', '.join(BRIEF_SUFFIXES)}) "
                                f"nor a video ({', '.join(VIDEO_SUFFIXES)})")
@@ -43,8 +43,10 @@ def prepare(ctx: StageContext) -> StageResult:
     if brief.kind != ctx.manifest.kind:
         raise VideostudioError("kind_changed", f"the job was created as {ctx.manifest.kind!r} but the brief says {brief.kind!r}")
     if isinstance(brief, TrainBrief):
-        raise VideostudioError("unsupported_kind", "the train brief is valid, but this version runs render jobs "
-                               "only; training arrives with the align and train stages")
+        if brief.video is None:
+            raise VideostudioError("missing_video", "a train brief needs `video:` (a bucket key outside inbox/), "
+                                   "or drop the video itself into inbox/")
+        return prepare_training_video(ctx, brief)
     return _prepare_render(ctx, brief)
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from core.stage import Pipeline
+from functions.align import align
 from functions.prepare import classify_input, prepare
 from functions.render import render
 
 ROUTES: dict[str, list[str]] = {
     "render": ["prepare", "render"],
-    # Train briefs and bare videos are validated by prepare; align → train arrive later.
-    "train": ["prepare"],
+    # A training video becomes an aligned face dataset; the train stage comes next.
+    "train": ["prepare", "align"],
 }
 
-STAGES = {"prepare": prepare, "render": render}
+STAGES = {"prepare": prepare, "align": align, "render": render}
 
 
 def default_pipeline() -> Pipeline:

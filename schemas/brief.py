@@ -138,6 +138,8 @@ class TrainBrief(_BriefBase):
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
     lora_rank: int = Field(default=16, ge=1, le=512)
     lora_alpha: float | None = Field(default=None, gt=0)
+    face_padding: float = Field(default=0.2, ge=0, le=1.0,
+                                description="Margin around the face in the 512×512 crops (0 = tight).")
 
     @field_validator("video")
     @classmethod

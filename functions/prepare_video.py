@@ -1,0 +1,115 @@
+"""prepare for training jobs: probe the video, extract frames at the requested fps, keep the good ones.
+
+Frames are extracted in one streamed ffmpeg pass (never the whole video in memory);
+the kept ones are written to `jobs/<id>/prepare/frames/<index>.jpg` and every sampled
+frame, kept or dropped with its reason, is listed in `frames.jsonl`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from core.stage import StageContext, StageResult
+from core.video import extract_frames, probe_video
+from functions.frame_quality import FrameFilter
+from schemas.brief import TrainBrief
+from schemas.dataset import FrameRecord
+from schemas.errors import VideostudioError
+
+MIN_DURATION_S = 30.0
+MAX_DURATION_S = 600.0
+MAX_PIXELS = 4096 * 2304  # 4K-class and below; larger frames cost memory for no gain at 512×512 crops
+MIN_SIDE = 64
+MIN_KEPT_FRAMES = 10
+
+
+def avatar_id_from_key(key: str) -> str:
+    """A bare video `inbox/John Smith.mp4` trains avatar `john-smith`."""
+    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", stem.lower()).strip("-.")[:64]
+    return slug or "avatar"
+
+
+def default_train_brief(key: str) -> TrainBrief:
+    return TrainBrief(kind="train", avatar=avatar_id_from_key(key), video=key)
+
+
+def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
+    video_key = brief.video or ctx.input.key
+    if ctx.storage.stat(video_key) is None:
+        raise VideostudioError("video_not_found", f"the training video {video_key!r} is not in the bucket")
+
+    # 1. fetch and probe
+    ctx.progress(0.0, "probing video")
+    local = ctx.storage.download(video_key, ctx.scratch / ("input" + Path(video_key).suffix.lower()))
+    info = probe_video(local)
+    _check_video(info.width, info.height, info.duration_s)
+
+    # 2. extract and judge every sampled frame in one streamed pass
+    clock = time.perf_counter()
+    quality = FrameFilter()
+    frames_dir = ctx.scratch / "frames"
+    expected = max(1, int(info.duration_s * brief.extract_fps))
+    paths: dict[int, Path] = {}
+    for frame in extract_frames(local, frames_dir, fps=brief.extract_fps, size=(info.width, info.height)):
+        quality.add(frame.index, frame.time_s, frame.thumbnail)
+        paths[frame.index] = frame.path
+        if frame.index % 25 == 0:
+            ctx.progress(0.8 * min(1.0, frame.index / expected), "extracting frames", step=frame.index, total=expected)
+    verdicts = quality.finish()
+    extract_s = time.perf_counter() - clock
+    counts = quality.counts()
+    if counts["kept"] < MIN_KEPT_FRAMES:
+        raise VideostudioError("too_few_usable_frames", f"only {counts['kept']} of {counts['total']} frames are usable "
+                               f"(dropped: {_dropped_summary(counts)})")
+
+    # 3. outputs: kept frames, then the frame list
+    ctx.progress(0.8, "uploading frames")
+    records = []
+    for n, verdict in enumerate(verdicts):
+        key = None
+        if verdict.reason is None:
+            key = ctx.put_output_file(f"frames/{verdict.index:06d}.jpg", paths[verdict.index], content_type="image/jpeg")
+        records.append(FrameRecord(index=verdict.index, time_s=round(verdict.time_s, 4), key=key,
+                                   mean_luma=verdict.mean_luma, sharpness=verdict.sharpness, dropped=verdict.reason))
+        if n % 100 == 0:
+            ctx.progress(0.8 + 0.2 * n / len(verdicts), "uploading frames")
+    frames_key = ctx.put_output_bytes("frames.jsonl", "".join(r.model_dump_json() + "\n" for r in records).encode(),
+                                      content_type="application/x-ndjson")
+
+    request = brief.model_dump(mode="json")
+    request["video"] = video_key
+    request["video_info"] = {"width": info.width, "height": info.height, "fps": round(info.fps, 3),
+                             "duration_s": round(info.duration_s, 3), "codec": info.codec, "rotation": info.rotation,
+                             "variable_frame_rate": info.variable_frame_rate, "bit_depth": info.bit_depth}
+    warnings = []
+    if counts["kept"] < 0.5 * counts["total"]:
+        warnings.append(f"prepare kept only {counts['kept']} of {counts['total']} frames ({_dropped_summary(counts)})")
+    return StageResult(
+        outputs={"frames": frames_key, "frames_prefix": ctx.output_key("frames/")},
+        metrics={**counts, "extract_fps": brief.extract_fps, "duration_s": round(info.duration_s, 3),
+                 "source_fps": round(info.fps, 3), "extract_s": round(extract_s, 3),
+                 "frames_per_s": round(counts["total"] / extract_s, 2) if extract_s else None},
+        request=request,
+        warnings=warnings,
+    )
+
+
+def _check_video(width: int, height: int, duration_s: float) -> None:
+    if duration_s < MIN_DURATION_S:
+        raise VideostudioError("video_too_short", f"the video lasts {duration_s:.1f} s; training needs "
+                               f"{MIN_DURATION_S:.0f}–{MAX_DURATION_S:.0f} s")
+    if duration_s > MAX_DURATION_S:
+        raise VideostudioError("video_too_long", f"the video lasts {duration_s:.1f} s; training needs "
+                               f"{MIN_DURATION_S:.0f}–{MAX_DURATION_S:.0f} s")
+    if width * height > MAX_PIXELS:
+        raise VideostudioError("resolution_too_high", f"{width}×{height} is above the {MAX_PIXELS / 1e6:.1f} MP limit; "
+                               "downscale to 4K or less")
+    if min(width, height) < MIN_SIDE:
+        raise VideostudioError("resolution_too_low", f"{width}×{height} is too small to find faces in")
+
+
+def _dropped_summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in counts.items() if k.startswith("dropped_") and v)

@@ -1,0 +1,71 @@
+"""Follow one subject: link detections across frames into tracks and pick the main one.
+
+The main track is the one present in the most frames — the person the video is about —
+not whoever is largest in a single frame. Linking tolerates short gaps (a turned head,
+a blink of the detector) so one person's track is not cut into pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from functions.faces import Face, iou
+
+
+@dataclass
+class Track:
+    track_id: int
+    frames: list[int] = field(default_factory=list)  # positions in the frame sequence
+    faces: list[Face] = field(default_factory=list)
+
+    @property
+    def last_box(self) -> np.ndarray:
+        return self.faces[-1].box
+
+    @property
+    def mean_area(self) -> float:
+        return float(np.mean([f.area for f in self.faces]))
+
+
+def _same_subject(previous: np.ndarray, box: np.ndarray, iou_threshold: float) -> float:
+    """A match score: IoU, or for fast motion, centre distance small relative to size with similar size."""
+    overlap = iou(previous, box)
+    if overlap >= iou_threshold:
+        return overlap
+    pw, bw = previous[2] - previous[0], box[2] - box[0]
+    if pw <= 0 or bw <= 0 or not 0.67 <= bw / pw <= 1.5:
+        return 0.0
+    pc = (previous[:2] + previous[2:]) / 2
+    bc = (box[:2] + box[2:]) / 2
+    distance = float(np.linalg.norm(pc - bc)) / pw
+    return 0.5 * iou_threshold * (1 - distance) if distance < 0.5 else 0.0
+
+
+def link_tracks(per_frame: list[list[Face]], *, iou_threshold: float = 0.3, max_gap: int = 12) -> list[Track]:
+    tracks: list[Track] = []
+    for position, faces in enumerate(per_frame):
+        open_tracks = [t for t in tracks if position - t.frames[-1] <= max_gap]
+        pairs = sorted(((_same_subject(t.last_box, face.box, iou_threshold), ti, fi)
+                        for ti, t in enumerate(open_tracks) for fi, face in enumerate(faces)), reverse=True)
+        used_tracks: set[int] = set()
+        used_faces: set[int] = set()
+        for score, ti, fi in pairs:
+            if score <= 0 or ti in used_tracks or fi in used_faces:
+                continue
+            used_tracks.add(ti)
+            used_faces.add(fi)
+            open_tracks[ti].frames.append(position)
+            open_tracks[ti].faces.append(faces[fi])
+        for fi, face in enumerate(faces):
+            if fi not in used_faces:
+                tracks.append(Track(len(tracks), [position], [face]))
+    return tracks
+
+
+def main_track(tracks: list[Track]) -> Track | None:
+    """Most frames wins; among equals, the larger mean face."""
+    if not tracks:
+        return None
+    return max(tracks, key=lambda t: (len(t.frames), t.mean_area))
