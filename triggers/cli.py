@@ -326,6 +326,50 @@ def schema(which: Annotated[str, typer.Argument(help="brief | manifest")]) -> No
     print(json.dumps(document, indent=2))
 
 
+# -- deploy: `modal deploy deploy.py` from the repo root (self-contained; modal itself is never imported here)
+def _modal_cli() -> str | None:
+    """The `modal` command: the one beside this Python first, then PATH."""
+    import os
+    import shutil
+
+    return shutil.which("modal", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def _has_modal_token() -> bool:
+    """A token in MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, or in a profile of ~/.modal.toml (MODAL_CONFIG_PATH)."""
+    import os
+    import tomllib
+
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return True
+    config = Path(os.environ.get("MODAL_CONFIG_PATH") or Path.home() / ".modal.toml")
+    try:
+        profiles = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return any(isinstance(p, dict) and p.get("token_id") and p.get("token_secret") for p in profiles.values())
+
+
+@app.command()
+def deploy() -> None:
+    """Deploy the Modal app: runs `modal deploy deploy.py` from the repo root."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "deploy.py").is_file():
+        err.print(f"[red]error[/red] no deploy.py in {root}: deploy from a source checkout (pip install -e .)")
+        raise typer.Exit(2)
+    modal_cli = _modal_cli()
+    if modal_cli is None:
+        err.print("[red]error[/red] the `modal` command is not installed: pip install modal")
+        raise typer.Exit(2)
+    if not _has_modal_token():
+        err.print("[red]error[/red] no Modal token: run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)")
+        raise typer.Exit(2)
+    console.print(f"running: modal deploy deploy.py (in {root})")
+    raise typer.Exit(subprocess.call([modal_cli, "deploy", "deploy.py"], cwd=root))
+
+
 def main() -> None:
     app()
 

@@ -6,8 +6,8 @@ the function hands the runner a lease built from it (`SpawnQueue.lease`), so the
 
 What each method means here:
 - `put` / `dispatch`: `Function.spawn(message, attempt)` on the function that runs the
-  message (one per stage, one for webhooks). A spawn cannot be deduplicated, so `put`
-  always returns True.
+  message (one per stage, one for webhooks). A spawn cannot be deduplicated: `put`
+  returns True whenever it sent (or, inside `hold()`, will send) the message.
 - `get`: always None. Messages are pushed to functions, never leased from a queue.
 - `ack` / `extend`: no-ops that return True. A spawned call is done when it returns;
   Modal retries a call whose container crashed (`modal.Retries` on the function), and
@@ -121,9 +121,14 @@ class SpawnQueue(WorkQueue):
     def dispatch(self, message: TaskMessage, *, attempt: int = 1, delay_s: float = 0.0) -> bool:
         """Spawn the function for `message` (through the delay function when `delay_s` > 0).
 
-        False when nothing was sent: a delay without a delay function (the reconciler will re-send).
+        False when nothing was sent: a delay without a delay function (the reconciler will re-send), or
+        a stage no function runs (logged as an error; raising would abort the reconciler's whole pass).
         """
-        target = self.function_for(message)  # fail here, loudly, for a stage nobody runs
+        try:
+            target = self.function_for(message)
+        except VideostudioError as exc:
+            log.error("%s: %s", message.dedupe_key(), exc.message)
+            return False
         if delay_s > 0 and self.delay_function is None:
             log.info("%s: no delay function; leaving it to the reconciler (wanted %.1fs)", message.dedupe_key(), delay_s)
             return False
