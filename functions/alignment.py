@@ -2,8 +2,8 @@
 
 The template is the widely used 5-point face template (ArcFace's 112×112 points),
 re-centred and scaled into a square crop with configurable padding, FFHQ-style: the
-whole head with some margin, eyes level. Only rotation, uniform scale and translation
-are allowed, so faces are never sheared. Results that cannot be a usable face are
+whole head with some margin, eyes level. Only rotation, uniform scale and
+translation are allowed, so faces are never sheared. Results that cannot be a usable face are
 rejected with a reason rather than written to the dataset.
 """
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 from functions.faces import Face
 
@@ -24,6 +23,9 @@ DEFAULT_PADDING = 0.2
 _TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                           [41.5493, 92.3655], [70.7299, 92.2041]])
 _TEMPLATE_CENTRE_Y = 0.46  # where the landmarks' centroid sits in the crop: room above for hair
+# Eyes anchor the fit (as in FFHQ's alignment); nose and mouth corners only steady it. With equal
+# weights, faces whose mouth differs from the template's pull the eyes several pixels off it.
+LANDMARK_WEIGHTS = np.array([1.0, 1.0, 0.25, 0.25, 0.25])
 
 
 def face_template(size: int = CROP_SIZE, padding: float = DEFAULT_PADDING) -> np.ndarray:
@@ -78,10 +80,32 @@ def _implausible(landmarks: np.ndarray) -> bool:
     )
 
 
+def weighted_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Weighted least-squares similarity (Umeyama 1991) src → dst as a 2×3 matrix; None if degenerate.
+
+    Written out because scikit-image's and OpenCV's estimators take no per-point weights.
+    """
+    w = weights / weights.sum()
+    mu_src, mu_dst = w @ src, w @ dst
+    src_c, dst_c = src - mu_src, dst - mu_dst
+    variance = float(w @ (src_c ** 2).sum(axis=1))
+    if variance < 1e-9:
+        return None
+    u, sigma, vt = np.linalg.svd((dst_c * w[:, None]).T @ src_c)
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])  # a rotation, never a reflection
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d)) / variance
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = mu_dst - scale * rotation @ mu_src
+    return matrix
+
+
 def estimate_alignment(face: Face, template: np.ndarray, limits: AlignLimits = AlignLimits()) -> Alignment:
     landmarks = face.landmarks
-    tform = SimilarityTransform.from_estimate(landmarks, template)
-    matrix = np.asarray(tform.params[:2], dtype=np.float64)
+    matrix = weighted_similarity(landmarks, template, LANDMARK_WEIGHTS)
+    if matrix is None:
+        return Alignment(np.zeros((2, 3)), 0.0, 0.0, float("inf"), "implausible_landmarks")
     mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
     template_eye = float(np.linalg.norm(template[1] - template[0]))
     fit_error = float(np.linalg.norm(mapped - template, axis=1).mean() / template_eye)
@@ -94,7 +118,7 @@ def estimate_alignment(face: Face, template: np.ndarray, limits: AlignLimits = A
         reason = "roll_too_large"
     elif eye_distance < limits.min_eye_distance_px:
         reason = "face_too_small"
-    elif not tform or _implausible(landmarks) or fit_error > limits.max_fit_error:
+    elif _implausible(landmarks) or fit_error > limits.max_fit_error:
         reason = "implausible_landmarks"
     return Alignment(matrix, round(roll, 2), round(eye_distance, 2), round(fit_error, 4), reason)
 

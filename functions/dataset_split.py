@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.85, 0.10, 0.05)
-MIN_BLOCKS = 20
+MIN_BLOCKS = 40
 MAX_BLOCKS = 200
 TARGET_BLOCK_S = 2.0
 
@@ -52,19 +52,23 @@ def split_by_time_blocks(times: list[float], *, seed: int, fractions: tuple[floa
     # Deal shuffled blocks: test first, then val, then the rest to train, by frame counts.
     order = list(range(blocks))
     random.Random(seed).shuffle(order)
-    total = sum(frames_in)
+    total = len(times)
     targets = {"test": fractions[2] * total, "val": fractions[1] * total}
     assigned = ["train"] * blocks
     filled = {"test": 0, "val": 0}
     cursor = 0
     for split in ("test", "val"):
-        while cursor < len(order) - 1 and filled[split] < targets[split]:
+        # Take blocks while that brings the split closer to its target (at least one block each).
+        while cursor < len(order) - 1:
             block = order[cursor]
+            after = filled[split] + frames_in[block]
+            if filled[split] and abs(after - targets[split]) >= abs(filled[split] - targets[split]):
+                break
             cursor += 1
             if frames_in[block] == 0:
                 continue
             assigned[block] = split
-            filled[split] += frames_in[block]
+            filled[split] = after
 
     labels: list[str | None] = []
     for t, b in zip(times, block_of):
