@@ -134,6 +134,12 @@ class Runner:
             self.queue.ack(lease)
             return
         record = manifest.stages[stage]
+        if record.status == StageStatus.running and record.heartbeat_at is not None:
+            age = (utcnow() - record.heartbeat_at).total_seconds()
+            if age < self.settings.lease_s:
+                # Another worker is alive on this stage: look again once its heartbeat could have gone stale.
+                self.queue.nack(lease, delay_s=self.settings.lease_s - age + 0.1, error="stage running elsewhere")
+                return
         if record.attempts >= self.settings.max_attempts:
             last = record.error or ErrorInfo(code="worker_lost", message="the worker running this stage stopped", retryable=True)
             error = ErrorInfo(code="max_attempts_exceeded",

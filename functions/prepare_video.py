@@ -23,6 +23,7 @@ MAX_DURATION_S = 600.0
 MAX_PIXELS = 4096 * 2304  # 4K-class and below; larger frames cost memory for no gain at 512×512 crops
 MIN_SIDE = 64
 MIN_KEPT_FRAMES = 10
+TRUNCATION_SHARE = 0.9  # fewer decodable frames than this share of the container's duration: cut short
 
 
 def avatar_id_from_key(key: str) -> str:
@@ -60,6 +61,9 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
             ctx.progress(0.8 * min(1.0, frame.index / expected), "extracting frames", step=frame.index, total=expected)
     verdicts = quality.finish()
     extract_s = time.perf_counter() - clock
+    if len(verdicts) < TRUNCATION_SHARE * expected:
+        raise VideostudioError("truncated_video", f"the video claims {info.duration_s:.1f} s but only "
+                               f"{len(verdicts) / brief.extract_fps:.1f} s could be decoded: the file is cut short")
     counts = quality.counts()
     if counts["kept"] < MIN_KEPT_FRAMES:
         raise VideostudioError("too_few_usable_frames", f"only {counts['kept']} of {counts['total']} frames are usable "

@@ -105,8 +105,9 @@ class RenderBrief(_BriefBase):
     @field_validator("steps")
     @classmethod
     def _positive_steps(cls, value: int | None) -> int | None:
-        if value is not None and not 1 <= value <= 500:
-            raise PydanticCustomError("invalid_steps", "steps must be between 1 and 500, got {steps}", {"steps": value})
+        # Mochi's linear-quadratic sigma schedule divides by steps // 2: it needs at least 2.
+        if value is not None and not 2 <= value <= 500:
+            raise PydanticCustomError("invalid_steps", "steps must be between 2 and 500, got {steps}", {"steps": value})
         return value
 
     @field_validator("width", "height")

@@ -70,7 +70,7 @@ def render_face_frames(duration_s: float, fps: int, width: int, height: int, *, 
     mask = cv2.GaussianBlur(mask, (0, 0), 6)[..., None]
     background = _background(width, height, seed)
     for n in range(int(round(duration_s * fps))):
-        frame = background.copy()
+        frame = np.roll(background, 3 * n, axis=1)  # a slow pan: no two frames alike, face or not
         if with_face:
             matrix = pose_matrix(face_pose(n / fps), width, height, face_px)
             face = cv2.warpAffine(astronaut, matrix, (width, height), flags=cv2.INTER_LINEAR)

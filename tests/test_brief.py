@@ -131,13 +131,13 @@ def test_unknown_preset() -> None:
     assert error_code("prompt: x\npreset: ultra\n") == "unknown_preset"
 
 
-@pytest.mark.parametrize("steps", [0, -1, -100, 501])
+@pytest.mark.parametrize("steps", [0, 1, -1, -100, 501])
 def test_invalid_steps(steps: int) -> None:
     assert error_code(f"prompt: x\nsteps: {steps}\n") == "invalid_steps"
 
 
 def test_valid_step_bounds() -> None:
-    assert parse_brief(b"prompt: x\nsteps: 1\n").steps == 1
+    assert parse_brief(b"prompt: x\nsteps: 2\n").steps == 2
     assert parse_brief(b"prompt: x\nsteps: 500\n").steps == 500
 
 

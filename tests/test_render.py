@@ -78,13 +78,13 @@ def test_same_brief_and_seed_give_identical_frames_and_progress_is_reported(tmp_
 
 
 def test_missing_avatar_fails_clearly(tmp_path):
-    manifest, _ = render_in(tmp_path / "b", TINY_BRIEF.format(steps=1, seed=1) + "avatar: nobody\n")
+    manifest, _ = render_in(tmp_path / "b", TINY_BRIEF.format(steps=2, seed=1) + "avatar: nobody\n")
     assert manifest.status.value == "failed" and manifest.error.code == "avatar_not_found"
 
 
 def test_unavailable_model_fails_clearly_without_retry_storm(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    manifest, _ = render_in(tmp_path / "b", TINY_BRIEF.format(steps=1, seed=1).replace("model: tiny",
+    manifest, _ = render_in(tmp_path / "b", TINY_BRIEF.format(steps=2, seed=1).replace("model: tiny",
                                                                                        "model: no-such/model"))
     assert manifest.status.value == "failed" and manifest.error.code == "model_unavailable"
     assert manifest.stages["render"].attempts == 1
