@@ -1,4 +1,4 @@
-"""Frame clean-up for training data: drop black or blown-out, blurry and near-duplicate frames.
+"""Frame clean-up for training data: drop black, blown-out, blank, blurry and near-duplicate frames.
 
 Checks run on small grayscale thumbnails of a fixed width, so thresholds mean the same
 thing at any source resolution (the Laplacian's variance is normalised for size that way).
@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-DROP_REASONS = ("too_dark", "too_bright", "blurry", "duplicate")
+DROP_REASONS = ("too_dark", "too_bright", "blank", "blurry", "duplicate")
 
 
 @dataclass(frozen=True)
 class QualityThresholds:
     min_mean_luma: float = 16.0  # below: black frame (fades, lens cap)
     max_mean_luma: float = 240.0  # above: blown out
-    min_luma_std: float = 6.0  # a flat frame is black/white/grey whatever its mean
+    min_luma_std: float = 6.0  # below: a flat, blank frame (a title card, a covered lens) whatever its mean
     blur_floor: float = 8.0  # Laplacian variance on the thumbnail below which a frame is always blurry
     blur_relative: float = 0.35  # … or below this share of the video's median sharpness
     duplicate_mad: float = 0.8  # mean absolute difference (0-255) to the last kept frame
@@ -53,10 +53,12 @@ class FrameFilter:
         t = self.thresholds
         mean, std = float(thumb.mean()), float(thumb.std())
         verdict = FrameVerdict(index, time_s, round(mean, 2), round(sharpness(thumb), 2))
-        if mean < t.min_mean_luma or (std < t.min_luma_std and mean < 128):
+        if mean < t.min_mean_luma:
             verdict.reason = "too_dark"
-        elif mean > t.max_mean_luma or std < t.min_luma_std:
+        elif mean > t.max_mean_luma:
             verdict.reason = "too_bright"
+        elif std < t.min_luma_std:
+            verdict.reason = "blank"
         elif self._last_kept is not None and _mad(thumb, self._last_kept) < t.duplicate_mad:
             verdict.reason = "duplicate"
         else:

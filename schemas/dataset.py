@@ -13,7 +13,7 @@ class FrameRecord(BaseModel):
     key: str | None = Field(default=None, description="Bucket key of the full-resolution JPEG (kept frames only).")
     mean_luma: float
     sharpness: float = Field(description="Variance of the Laplacian on a 256-px-wide grey thumbnail.")
-    dropped: str | None = Field(default=None, description="too_dark | too_bright | blurry | duplicate")
+    dropped: str | None = Field(default=None, description="too_dark | too_bright | blank | blurry | duplicate")
 
 
 class FaceRecord(BaseModel):
