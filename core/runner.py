@@ -180,7 +180,7 @@ class Runner:
         context = StageContext(
             job_id=job_id, stage=stage, attempt=attempt, manifest=manifest, storage=self.storage,
             settings=self.settings, scratch=scratch, _progress=heartbeat.progress,
-            _cancel_requested=lambda: self.cancel_requested(job_id),
+            _cancel_requested=lambda: self.cancel_requested(job_id), _metrics=heartbeat.metrics,
         )
         clock = time.perf_counter()
         heartbeat.start()
@@ -456,6 +456,7 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{stage}", daemon=True)
         self._last_write = 0.0
         self._lock = threading.Lock()
+        self._pending_metrics: dict[str, Any] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -475,8 +476,10 @@ class _Heartbeat:
             record.heartbeat_at = now
             if progress is not None:
                 record.progress = progress
+            record.metrics.update(metrics)
 
         with self._lock:
+            metrics, self._pending_metrics = self._pending_metrics, {}
             self.runner.store.update(self.job_id, touch)
             self._last_write = time.monotonic()
 
@@ -487,6 +490,11 @@ class _Heartbeat:
                 self._beat()
             except Exception:  # a missed heartbeat only risks a duplicate run, never a lost job
                 log.warning("heartbeat for %s/%s failed", self.job_id, self.stage, exc_info=True)
+
+    def metrics(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending_metrics.update(values)
+        self.runner._emit("stage.metrics", job_id=self.job_id, stage=self.stage, metrics=values)
 
     def progress(self, fraction: float, message: str, step: int | None, total: int | None) -> None:
         self.runner._emit("stage.progress", job_id=self.job_id, stage=self.stage, fraction=fraction,

@@ -33,6 +33,7 @@ class StageResult:
 
 
 ProgressFn = Callable[[float, str, int | None, int | None], None]
+MetricsFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -46,6 +47,7 @@ class StageContext:
     scratch: Path  # a private temp folder, removed after the stage
     _progress: ProgressFn
     _cancel_requested: Callable[[], bool]
+    _metrics: MetricsFn | None = None
     _last_cancel_check: float = 0.0
 
     @property
@@ -73,6 +75,11 @@ class StageContext:
         """Report progress (throttled into the manifest by the runner) and honour a cancel request."""
         self._progress(max(0.0, min(1.0, fraction)), message, step, total)
         self.check_cancelled()
+
+    def update_metrics(self, **values: Any) -> None:
+        """Publish interim metrics (losses, ETA) into the running stage's manifest record (throttled)."""
+        if self._metrics is not None:
+            self._metrics(values)
 
     def check_cancelled(self, *, every_s: float = 0.5) -> None:
         now = time.monotonic()

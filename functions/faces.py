@@ -50,14 +50,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def _new_mtcnn(device: str):
     from facenet_pytorch import MTCNN
 
-    torch.set_grad_enabled(False)
     return MTCNN(keep_all=True, device=device, post_process=False, select_largest=False)
 
 
 def _run(mtcnn, image: np.ndarray, min_face_size: int) -> list[Face]:
     """MTCNN on one RGB uint8 image. detect() returns object arrays or None: cast and normalise."""
     mtcnn.min_face_size = int(min_face_size)
-    boxes, scores, landmarks = mtcnn.detect(image, landmarks=True)
+    with torch.inference_mode():
+        boxes, scores, landmarks = mtcnn.detect(image, landmarks=True)
     if boxes is None:
         return []
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

@@ -6,6 +6,7 @@ model; the resolved plan becomes the job's validated `request`.
 
 from __future__ import annotations
 
+from core.avatars import AvatarRegistry
 from core.stage import StageContext, StageResult
 from functions.prepare_video import default_train_brief, prepare_training_video
 from functions.presets import resolve_render_plan
@@ -51,7 +52,11 @@ def prepare(ctx: StageContext) -> StageResult:
 
 
 def _prepare_render(ctx: StageContext, brief: RenderBrief) -> StageResult:
-    plan = resolve_render_plan(brief, ctx.settings)
+    avatar = AvatarRegistry(ctx.storage).require(brief.avatar) if brief.avatar else None
+    plan = resolve_render_plan(brief, ctx.settings, avatar=avatar)
+    if avatar is not None and avatar.base_model != plan.model:
+        raise VideostudioError("avatar_model_mismatch", f"avatar {avatar.avatar_id!r} was trained on "
+                               f"{avatar.base_model!r}; this brief renders with {plan.model!r}")
     warnings = []
     if plan.frames_snapped:
         warnings.append(f"frame count snapped from {plan.frames_requested} to {plan.num_frames} (Mochi needs 6k+1 frames)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.settings import Settings
+from schemas.avatar import AvatarManifest
 from schemas.brief import RenderBrief
 from schemas.plan import RenderPlan
 
@@ -31,7 +32,8 @@ def snap_frames(requested: int) -> int:
     return TEMPORAL_COMPRESSION * k + 1
 
 
-def resolve_render_plan(brief: RenderBrief, settings: Settings) -> RenderPlan:
+def resolve_render_plan(brief: RenderBrief, settings: Settings, *, avatar: AvatarManifest | None = None) -> RenderPlan:
+    """The brief's choices made concrete. With an avatar, its trigger token leads the prompt."""
     preset = PRESETS[brief.preset]
     if brief.num_frames is not None:
         requested = brief.num_frames
@@ -39,8 +41,11 @@ def resolve_render_plan(brief: RenderBrief, settings: Settings) -> RenderPlan:
         requested = max(1, round((brief.duration_s or preset.duration_s) * brief.fps))
     frames = snap_frames(requested)
     model = brief.model or settings.model
+    prompt = brief.prompt
+    if avatar is not None and avatar.trigger_token not in prompt:
+        prompt = f"{avatar.trigger_token}, {prompt}"
     return RenderPlan(
-        prompt=brief.prompt,
+        prompt=prompt,
         negative_prompt=brief.negative_prompt,
         preset=brief.preset,
         model=model,
@@ -57,5 +62,6 @@ def resolve_render_plan(brief: RenderBrief, settings: Settings) -> RenderPlan:
         quantization=brief.quantization,
         avatar=brief.avatar,
         avatar_strength=brief.avatar_strength,
+        lora_key=avatar.lora_key if avatar else None,
         random_weights=model == "tiny",
     )

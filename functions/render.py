@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -14,6 +15,7 @@ from schemas.plan import RenderPlan
 
 DENOISE_SHARE = 0.9  # of the stage's progress bar; decoding and encoding take the rest
 CPU_QUANTIZATION = ("auto", "bf16")
+AVATAR_ADAPTER = "avatar"
 
 
 def render(ctx: StageContext) -> StageResult:
@@ -29,32 +31,10 @@ def render(ctx: StageContext) -> StageResult:
     clock = time.perf_counter()
     loaded = load_pipeline(plan.model, device_setting=ctx.settings.device)
     load_s = time.perf_counter() - clock
-    if plan.avatar:
-        _require_avatar(ctx, plan.avatar)
 
-    # 2. denoise, reporting each step (and stopping there if the job is cancelled)
-    def on_step_end(pipe, step: int, timestep, callback_kwargs):
-        ctx.progress(DENOISE_SHARE * (step + 1) / plan.steps, "denoising", step=step + 1, total=plan.steps)
-        return callback_kwargs
-
-    generator = torch.Generator(device="cpu").manual_seed(plan.seed)
-    clock = time.perf_counter()
-    with torch.inference_mode():
-        output = loaded.pipe(
-            prompt=plan.prompt,
-            negative_prompt=plan.negative_prompt or None,
-            height=plan.height,
-            width=plan.width,
-            num_frames=plan.num_frames,
-            num_inference_steps=plan.steps,
-            guidance_scale=plan.guidance_scale,
-            generator=generator,
-            output_type="np",
-            max_sequence_length=loaded.max_sequence_length,
-            callback_on_step_end=on_step_end,
-        )
-    denoise_s = time.perf_counter() - clock
-    frames = frames_to_uint8(output.frames[0])
+    # 2. denoise, with the avatar's LoRA loaded for this render only
+    with avatar_lora(ctx, loaded.pipe, plan):
+        frames, denoise_s = _denoise(ctx, loaded, plan)
 
     # 3. encode at the brief's fps (not diffusers' default 10 fps) and write a poster
     ctx.progress(DENOISE_SHARE, "encoding")
@@ -77,12 +57,52 @@ def render(ctx: StageContext) -> StageResult:
             "steps_per_s": round(plan.steps / denoise_s, 3) if denoise_s else None,
             "device": loaded.device, "dtype": str(loaded.dtype).removeprefix("torch."),
             "random_weights": loaded.random_weights,
+            "avatar": plan.avatar, "avatar_strength": plan.avatar_strength if plan.avatar else None,
         },
         model_id=plan.model,
     )
 
 
-def _require_avatar(ctx: StageContext, avatar: str) -> None:
-    if not ctx.storage.exists(f"avatars/{avatar}/manifest.json"):
-        raise VideostudioError("avatar_not_found", f"no deployed avatar {avatar!r}")
-    raise VideostudioError("avatar_unsupported", f"avatar {avatar!r} exists, but this version cannot load avatar LoRAs")
+@contextmanager
+def avatar_lora(ctx: StageContext, pipe, plan: RenderPlan):
+    """Load the avatar's LoRA at the requested strength for this render only (the pipeline is shared)."""
+    if not plan.lora_key:
+        yield
+        return
+    if ctx.storage.stat(plan.lora_key) is None:
+        raise VideostudioError("avatar_not_found", f"avatar {plan.avatar!r} is no longer deployed")
+    path = ctx.storage.download(plan.lora_key, ctx.scratch / "avatar" / "lora.safetensors")
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=AVATAR_ADAPTER)
+    try:
+        pipe.set_adapters([AVATAR_ADAPTER], [plan.avatar_strength])
+        yield
+    finally:
+        pipe.delete_adapters(AVATAR_ADAPTER)
+
+
+def _denoise(ctx: StageContext, loaded, plan: RenderPlan):
+    """Steps through the denoising loop, reporting each step (and stopping there if the job is cancelled)."""
+
+    def on_step_end(pipe, step: int, timestep, callback_kwargs):
+        ctx.progress(DENOISE_SHARE * (step + 1) / plan.steps, "denoising", step=step + 1, total=plan.steps)
+        return callback_kwargs
+
+    generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+    clock = time.perf_counter()
+    with torch.inference_mode():
+        output = loaded.pipe(
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt or None,
+            height=plan.height,
+            width=plan.width,
+            num_frames=plan.num_frames,
+            num_inference_steps=plan.steps,
+            guidance_scale=plan.guidance_scale,
+            generator=generator,
+            output_type="np",
+            max_sequence_length=loaded.max_sequence_length,
+            callback_on_step_end=on_step_end,
+        )
+    denoise_s = time.perf_counter() - clock
+    frames = frames_to_uint8(output.frames[0])
+    return frames, denoise_s

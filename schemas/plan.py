@@ -25,4 +25,5 @@ class RenderPlan(BaseModel):
     quantization: str
     avatar: str | None = None
     avatar_strength: float = 1.0
+    lora_key: str | None = Field(default=None, description="The avatar's LoRA weights in the bucket.")
     random_weights: bool = Field(description="True for the tiny offline model: its output is noise.")

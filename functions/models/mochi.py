@@ -85,7 +85,7 @@ def pick_device(setting: str = "auto") -> str:
     return setting
 
 
-def _load_real(model_id: str, device: str):
+def _load_real(model_id: str, device: str, *, offload: bool = True):
     from diffusers import MochiPipeline
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -99,7 +99,7 @@ def _load_real(model_id: str, device: str):
             "model_unavailable", f"cannot load Mochi weights from {model_id!r}: {type(exc).__name__}: {str(exc)[:300]}"
         ) from None
     if device == "cuda":
-        if torch.cuda.get_device_properties(0).total_memory < FULL_GPU_BYTES:
+        if offload and torch.cuda.get_device_properties(0).total_memory < FULL_GPU_BYTES:
             pipe.enable_model_cpu_offload()
         else:
             pipe.to(device)
@@ -117,6 +117,17 @@ def quiet_library_logs() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+
+
+def load_training_pipeline(model_id: str, *, device_setting: str = "auto") -> LoadedPipeline:
+    """A fresh, uncached pipeline: training adds an adapter to its transformer, which must not leak into renders."""
+    device = pick_device(device_setting)
+    quiet_library_logs()
+    if model_id == TINY_MODEL:
+        return LoadedPipeline(build_tiny_pipeline().to(device), model_id, device, torch.float32,
+                              TINY_MAX_SEQUENCE_LENGTH, True)
+    pipe, dtype = _load_real(model_id, device, offload=False)
+    return LoadedPipeline(pipe, model_id, device, dtype, REAL_MAX_SEQUENCE_LENGTH, False)
 
 
 _cache: dict[tuple[str, str], LoadedPipeline] = {}

@@ -1,0 +1,279 @@
+"""The LoRA training loop for Mochi's transformer, with the flow-matching objective Mochi was trained with.
+
+Flow matching (rectified flow): for a clean latent x0, noise ε and a noise level σ∈(0,1),
+the model sees x_σ = (1−σ)·x0 + σ·ε at timestep 1000·σ and learns the velocity
+v = ε − x0 — exactly what diffusers' FlowMatchEulerDiscreteScheduler integrates when
+MochiPipeline samples. σ is drawn logit-normally (as SD3 and Mochi do), which puts
+most training signal at middle noise levels.
+
+Everything random is derived from (seed, position): the clip order of epoch e comes from
+a generator seeded with (seed, e) and each micro-batch's σ and ε from (seed, micro-batch
+index). A run resumed from a checkpoint therefore continues bit for bit where it stopped,
+and its final adapter equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+TARGET_MODULES = r".*transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)"
+EVAL_SEED_OFFSET = 7_919  # fixed validation/test noise never coincides with training noise
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    grad_accumulation: int
+    mixed_precision: str  # bf16 | fp16 | no
+    lora_rank: int
+    lora_alpha: float
+    seed: int
+    checkpoint_every: int
+    max_steps: int | None = None
+    optimizer: str = "auto"  # auto | adamw | adamw8bit
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro-batches of `epoch` already done
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    history: dict[str, list] = field(default_factory=lambda: {"step_loss": [], "train_loss": [], "val_loss": []})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --------------------------------------------------------------------------- model set-up
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float) -> None:
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=TARGET_MODULES))
+    for parameter in transformer.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()  # LoRA weights train in fp32 even on a bf16 base
+
+
+def lora_parameters(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in transformer.parameters() if p.requires_grad]
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, str]:
+    if config.optimizer in ("auto", "adamw8bit"):
+        try:
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=1e-4)
+            return optimizer, "adamw8bit"
+        except Exception:  # no usable bitsandbytes backend for this device
+            if config.optimizer == "adamw8bit":
+                raise
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-4), "adamw"
+
+
+def autocast_for(device: str, mixed_precision: str):
+    if mixed_precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if mixed_precision == "fp16" and device == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- data to latents
+@torch.no_grad()
+def encode_video(vae, video: torch.Tensor, device: str) -> torch.Tensor:
+    """[C,T,H,W] in [-1,1] → normalised latents [C', T', H', W'] (what MochiPipeline denormalises)."""
+    dist = vae.encode(video[None].to(device=device, dtype=vae.dtype)).latent_dist
+    latents = dist.mode().float()
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean = torch.tensor(config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+        latents = (latents - mean) * config.scaling_factor / std
+    else:
+        latents = latents * config.scaling_factor
+    return latents[0].cpu()
+
+
+@torch.no_grad()
+def encode_caption(pipe, caption: str, device: str, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embeds, mask, _, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
+                                            max_sequence_length=max_sequence_length, device=torch.device(device))
+    return embeds.float().cpu(), mask.cpu()
+
+
+# --------------------------------------------------------------------------- the objective
+def _generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
+
+
+def sample_noise(latents: torch.Tensor, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = _generator(seed, index)
+    sigma = torch.sigmoid(torch.randn(latents.shape[0], generator=generator)).clamp(1e-3, 1 - 1e-3)
+    noise = torch.randn(latents.shape, generator=generator)
+    return sigma, noise
+
+
+def flow_matching_loss(transformer, latents, noise, sigma, embeds, mask, device, dtype, mixed_precision) -> torch.Tensor:
+    latents, noise, sigma = latents.to(device), noise.to(device), sigma.to(device)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    noisy = (1.0 - s) * latents + s * noise
+    target = noise - latents
+    batch = latents.shape[0]
+    with autocast_for(device, mixed_precision):
+        prediction = transformer(
+            hidden_states=noisy.to(dtype),
+            encoder_hidden_states=embeds.expand(batch, -1, -1).to(device=device, dtype=dtype),
+            encoder_attention_mask=mask.expand(batch, -1).to(device),
+            timestep=(sigma * 1000.0).to(dtype),
+            return_dict=False,
+        )[0]
+    return F.mse_loss(prediction.float(), target.float())
+
+
+@torch.no_grad()
+def evaluate(transformer, latents: torch.Tensor, embeds, mask, *, seed: int, batch_size: int, device: str,
+             dtype: torch.dtype, mixed_precision: str) -> float | None:
+    """Mean loss with noise and σ fixed per clip (same every call), so epochs are comparable."""
+    if latents.shape[0] == 0:
+        return None
+    was_training = transformer.training
+    transformer.eval()
+    total = 0.0
+    for start in range(0, latents.shape[0], batch_size):
+        chunk = latents[start:start + batch_size]
+        sigma, noise = sample_noise(chunk, seed + EVAL_SEED_OFFSET, start)
+        loss = flow_matching_loss(transformer, chunk, noise, sigma, embeds, mask, device, dtype, mixed_precision)
+        total += loss.item() * chunk.shape[0]
+    transformer.train(was_training)
+    return total / latents.shape[0]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_bytes(transformer, optimizer, scheduler, state: TrainState) -> bytes:
+    from peft.utils import get_peft_model_state_dict
+
+    buffer = io.BytesIO()
+    torch.save({
+        "lora": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(transformer).items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "state": state.to_dict(),
+    }, buffer)
+    return buffer.getvalue()
+
+
+def restore_checkpoint(data: bytes, transformer, optimizer, scheduler) -> TrainState:
+    from peft.utils import set_peft_model_state_dict
+
+    # weights_only: a checkpoint is data, never code, even if someone tampered with the bucket.
+    saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    set_peft_model_state_dict(transformer, saved["lora"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    return TrainState(**saved["state"])
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class LoopHooks:
+    """How the loop talks to the stage: progress, interim metrics, checkpoints (all optional)."""
+
+    on_step: Callable[[TrainState, int, float, float], None] = lambda state, total, loss, steps_per_s: None
+    on_epoch: Callable[[TrainState], None] = lambda state: None
+    save_checkpoint: Callable[[int, bytes], None] = lambda step, data: None
+
+
+def steps_per_epoch(num_clips: int, config: TrainConfig) -> int:
+    micro = math.ceil(num_clips / config.batch_size)
+    return math.ceil(micro / config.grad_accumulation)
+
+
+def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Tensor, embeds, mask, *,
+                 config: TrainConfig, device: str, dtype: torch.dtype, resume: bytes | None = None,
+                 hooks: LoopHooks | None = None) -> tuple[TrainState, str]:
+    hooks = hooks or LoopHooks()
+    params = lora_parameters(transformer)
+    optimizer, optimizer_name = make_optimizer(params, config)
+    per_epoch = steps_per_epoch(train_latents.shape[0], config)
+    total_steps = per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" and device == "cuda" else None
+    state = restore_checkpoint(resume, transformer, optimizer, scheduler) if resume else TrainState()
+    with torch.enable_grad():  # whatever mode the caller's thread was left in
+        _loop(transformer, train_latents, val_latents, embeds, mask, config, device, dtype, optimizer, scheduler,
+              scaler, params, state, total_steps, hooks)
+    return state, optimizer_name
+
+
+def _loop(transformer, train_latents, val_latents, embeds, mask, config, device, dtype, optimizer, scheduler, scaler,
+          params, state: TrainState, total_steps: int, hooks: LoopHooks) -> None:
+    transformer.train()
+    clock, steps_at_start = time.perf_counter(), state.global_step
+    micro_per_epoch = math.ceil(train_latents.shape[0] / config.batch_size)
+
+    while state.epoch < config.epochs and state.global_step < total_steps:
+        order = torch.randperm(train_latents.shape[0], generator=_generator(config.seed, state.epoch))
+        while state.micro_in_epoch < micro_per_epoch and state.global_step < total_steps:
+            # One optimizer step: up to grad_accumulation micro-batches.
+            group = range(state.micro_in_epoch, min(micro_per_epoch, state.micro_in_epoch + config.grad_accumulation))
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in group:
+                index = order[micro * config.batch_size:(micro + 1) * config.batch_size]
+                latents = train_latents[index]
+                sigma, noise = sample_noise(latents, config.seed, state.epoch * micro_per_epoch + micro)
+                loss = flow_matching_loss(transformer, latents, noise, sigma, embeds, mask, device, dtype,
+                                          config.mixed_precision)
+                scaled = loss / len(group)
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                step_loss += loss.item() / len(group)
+                state.epoch_loss_sum += loss.item()
+                state.epoch_loss_count += 1
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            state.micro_in_epoch = group.stop
+            state.global_step += 1
+            state.history["step_loss"].append(round(step_loss, 6))
+            done = state.global_step - steps_at_start
+            hooks.on_step(state, total_steps, step_loss, done / max(time.perf_counter() - clock, 1e-9))
+            epoch_over = state.micro_in_epoch >= micro_per_epoch
+            if epoch_over:
+                state.history["train_loss"].append(round(state.epoch_loss_sum / max(1, state.epoch_loss_count), 6))
+                val = evaluate(transformer, val_latents, embeds, mask, seed=config.seed, batch_size=config.batch_size,
+                               device=device, dtype=dtype, mixed_precision=config.mixed_precision)
+                state.history["val_loss"].append(None if val is None else round(val, 6))
+                state.epoch += 1
+                state.micro_in_epoch = 0
+                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+                hooks.on_epoch(state)
+            if state.global_step % config.checkpoint_every == 0 or state.global_step >= total_steps:
+                hooks.save_checkpoint(state.global_step, checkpoint_bytes(transformer, optimizer, scheduler, state))
+    transformer.eval()
