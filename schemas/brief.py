@@ -141,6 +141,15 @@ class TrainBrief(_BriefBase):
     lora_alpha: float | None = Field(default=None, gt=0)
     face_padding: float = Field(default=0.2, ge=0, le=1.0,
                                 description="Margin around the face in the 512×512 crops (0 = tight).")
+    resolution: int = Field(default=512, ge=16, le=512, multiple_of=16,
+                            description="Training resolution: aligned crops are resized to this square.")
+    clip_frames: int = Field(default=25, ge=1, le=163, description="Frames per training clip; snapped to 6k+1.")
+    optimizer: Literal["auto", "adamw", "adamw8bit"] = Field(
+        default="auto", description="auto: bitsandbytes AdamW8bit where it works, else torch AdamW.")
+    checkpoint_every: int = Field(default=50, ge=1, description="Optimizer steps between checkpoints.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    deploy: bool = Field(default=True, description="Deploy the avatar when training succeeds.")
+    preview_steps: int = Field(default=30, ge=2, le=500, description="Denoising steps of the preview render.")
 
     @field_validator("video")
     @classmethod
