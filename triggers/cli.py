@@ -370,6 +370,85 @@ def deploy() -> None:
     raise typer.Exit(subprocess.call([modal_cli, "deploy", "deploy.py"], cwd=root))
 
 
+@app.command()
+def serve(bucket: BucketOpt = DEFAULT_BUCKET,
+          host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+          insecure_no_auth: Annotated[bool, typer.Option(
+              "--insecure-no-auth", help="Serve without a token (loopback addresses only; never in production).")] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Serve the HTTP API (needs VIDEOSTUDIO_API_TOKEN). It only queues work: run `videostudio up` beside it."""
+    from triggers.api import serve as serve_api  # lazy: FastAPI and uvicorn only for this verb
+
+    _setup_logging(verbose)
+    try:
+        serve_api(_settings(bucket), host=host, port=port, insecure_no_auth=insecure_no_auth)
+    except VideostudioError as exc:
+        _fail(exc)
+
+
+avatars_app = typer.Typer(help="Deployed avatars: list, deploy a finished train job, delete.", no_args_is_help=True)
+app.add_typer(avatars_app, name="avatars")
+
+
+def _avatar_registry(bucket: str):
+    from core.avatars import AvatarRegistry
+    from core.storage import open_storage
+
+    try:
+        return AvatarRegistry(open_storage(bucket))
+    except VideostudioError as exc:
+        _fail(exc)
+
+
+@avatars_app.command("list")
+def avatars_list(bucket: BucketOpt = DEFAULT_BUCKET,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """List deployed avatars."""
+    avatars = sorted(_avatar_registry(bucket).list(), key=lambda a: a.avatar_id)
+    if as_json:
+        print(json.dumps([a.model_dump(mode="json") for a in avatars], indent=2))
+        return
+    table = Table("trigger", "base model", "rank", "from job", "deployed")
+    table.columns.insert(0, Column("avatar", no_wrap=True))
+    for a in avatars:
+        table.add_row(a.avatar_id, a.trigger_token, a.base_model, str(a.lora_rank), a.job_id,
+                      a.deployed_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+@avatars_app.command("deploy")
+def avatars_deploy(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """Deploy the avatar that the succeeded train job JOB_ID produced."""
+    from core.avatars import deploy_from_job
+    from core.jobs import ManifestStore
+
+    registry = _avatar_registry(bucket)
+    try:
+        manifest = ManifestStore(registry.storage).load(job_id)
+        if manifest is None:
+            raise VideostudioError("job_not_found", f"no job {job_id!r}")
+        avatar = deploy_from_job(registry, manifest)
+    except VideostudioError as exc:
+        _fail(exc)
+    console.print(f"deployed avatar {avatar.avatar_id} (trigger {avatar.trigger_token!r}) from {job_id}")
+
+
+@avatars_app.command("delete")
+def avatars_delete(avatar_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
+                   yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete the deployed avatar AVATAR_ID (its manifest first, then its weights)."""
+    registry = _avatar_registry(bucket)
+    try:
+        registry.require(avatar_id)
+        if not yes:
+            typer.confirm(f"delete avatar {avatar_id}?", abort=True)
+        registry.delete(avatar_id)
+    except VideostudioError as exc:
+        _fail(exc)
+    console.print(f"deleted avatar {avatar_id}")
+
+
 def main() -> None:
     app()
 
