@@ -59,11 +59,14 @@ class TrainState:
 
 
 # --------------------------------------------------------------------------- model set-up
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float) -> None:
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, *, seed: int) -> None:
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=TARGET_MODULES))
+    with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the seed, not the process's RNG
+        torch.manual_seed(seed)
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
+                                           target_modules=TARGET_MODULES))
     for parameter in transformer.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()  # LoRA weights train in fp32 even on a bf16 base
@@ -276,4 +279,6 @@ def _loop(transformer, train_latents, val_latents, embeds, mask, config, device,
                 hooks.on_epoch(state)
             if state.global_step % config.checkpoint_every == 0 or state.global_step >= total_steps:
                 hooks.save_checkpoint(state.global_step, checkpoint_bytes(transformer, optimizer, scheduler, state))
+            if epoch_over:
+                break  # the next epoch draws its own clip order
     transformer.eval()

@@ -110,7 +110,7 @@ def train(ctx: StageContext) -> StageResult:
 
     # 3. LoRA training (resuming if a checkpoint exists)
     alpha = brief.lora_alpha or float(brief.lora_rank)
-    add_lora(pipe.transformer, brief.lora_rank, alpha)
+    add_lora(pipe.transformer, brief.lora_rank, alpha, seed=brief.seed)
     config = TrainConfig(
         epochs=brief.epochs, batch_size=brief.batch_size, learning_rate=brief.learning_rate,
         grad_accumulation=brief.grad_accumulation, mixed_precision=mixed_precision, lora_rank=brief.lora_rank,
@@ -123,6 +123,7 @@ def train(ctx: StageContext) -> StageResult:
                         device=device, dtype=dtype, mixed_precision=mixed_precision)
 
     base_test_loss = eval_loss(test_latents)  # a fresh LoRA is an identity: this is the base model's loss
+    base_train_loss = eval_loss(train_latents)  # the same on the training clips: how far training moved them
     resume = _latest_checkpoint(ctx)
     per_epoch = steps_per_epoch(len(train_clips), config)
 
@@ -151,6 +152,7 @@ def train(ctx: StageContext) -> StageResult:
     # 4. held-out loss, quality, curve, export
     ctx.progress(0.92, "evaluating")
     test_loss = eval_loss(test_latents)
+    train_fixed_loss = eval_loss(train_latents)
     quality = quality_score(base_test_loss, test_loss)
     curve = write_loss_curve(state.history, per_epoch, ctx.scratch / "loss_curve.png",
                              title=f"avatar {brief.avatar}: LoRA rank {brief.lora_rank} on {model_id}")
@@ -160,6 +162,8 @@ def train(ctx: StageContext) -> StageResult:
         "train_loss": state.history["train_loss"], "val_loss": state.history["val_loss"],
         "test_loss": None if test_loss is None else round(test_loss, 6),
         "base_test_loss": None if base_test_loss is None else round(base_test_loss, 6),
+        # Loss on the training clips with fixed noise, before and after: the overfitting check.
+        "train_fixed_noise_loss": {"before": round(base_train_loss, 6), "after": round(train_fixed_loss, 6)},
         "quality_score": quality,
         "steps": state.global_step, "epochs_completed": state.epoch, "resumed": resume is not None,
         "steps_per_s": round(state.global_step / train_s, 4) if train_s and resume is None else None,
