@@ -53,6 +53,7 @@ MODELS_VOLUME = "videostudio-models"
 SECRET_NAME = "videostudio"  # VIDEOSTUDIO_WEBHOOK_SECRET, VIDEOSTUDIO_API_TOKEN, HF_TOKEN, ...
 
 RENDER_GPUS = ["H100", "A100-80GB"]  # in order of preference
+TRAIN_GPUS = ["H100", "A100-80GB"]
 # The reconciler re-sends a queued stage whose manifest has not changed for lease_s / 4, and
 # re-runs a running stage whose heartbeat is older than lease_s: keep lease_s / 4 above a GPU
 # cold start (image pull + container start), so a slow start is not mistaken for a lost message.
@@ -65,7 +66,7 @@ FACENET = "facenet-pytorch==2.6.0"  # its metadata pins old torch/numpy: install
 SOURCE_PACKAGES = ["core", "schemas", "functions", "triggers"]
 PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 
-STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "render": "run_render"}
+STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "train": "run_train", "render": "run_render"}
 WEBHOOK_FUNCTION = "run_webhook"
 DELAY_FUNCTION = "wake_later"
 
@@ -176,6 +177,13 @@ def run_align(message: dict, attempt: int = 1) -> dict:
 
 
 @app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume, MODELS_MOUNT: models_volume}, secrets=secrets,
+              gpu=TRAIN_GPUS, timeout=12 * HOURS, retries=stage_retries)
+def run_train(message: dict, attempt: int = 1) -> dict:
+    """train: the avatar LoRA on a GPU. Checkpoints go to the bucket, so a retried container resumes."""
+    return handle("run_train", message, attempt)
+
+
+@app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume, MODELS_MOUNT: models_volume}, secrets=secrets,
               gpu=RENDER_GPUS, timeout=2 * HOURS, retries=stage_retries)
 def run_render(message: dict, attempt: int = 1) -> dict:
     """render: Mochi text-to-video on a GPU."""
@@ -213,6 +221,7 @@ def reconcile() -> None:
 
 
 FUNCTIONS = {
-    "run_prepare": run_prepare, "run_align": run_align, "run_render": run_render, "run_webhook": run_webhook,
+    "run_prepare": run_prepare, "run_align": run_align, "run_train": run_train, "run_render": run_render,
+    "run_webhook": run_webhook,
     "wake_later": wake_later, "reconcile": reconcile,
 }

@@ -15,6 +15,7 @@ from conftest import TINY_BRIEF
 from core.queue import SqliteQueue
 from core.runner import Runner
 from core.settings import Settings
+from core.stage import Pipeline
 from core.storage import LocalStorage
 from functions.alignment import CROP_SIZE, face_template
 from functions.routes import default_pipeline
@@ -31,9 +32,14 @@ def face_video(tmp_path_factory) -> Path:
                             width=WIDTH, height=HEIGHT, face_px=FACE_PX)
 
 
-def make_runner(bucket: Path) -> Runner:
+def make_runner(bucket: Path, *, dataset_only: bool = False) -> Runner:
+    """`dataset_only`: stop train jobs after align (these tests are about the dataset, not the LoRA)."""
     storage = LocalStorage(bucket)
-    return Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), default_pipeline(),
+    pipeline = default_pipeline()
+    if dataset_only:
+        pipeline = Pipeline(routes={**pipeline.routes, "train": ["prepare", "align"]}, stages=pipeline.stages,
+                            classify=pipeline.classify)
+    return Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), pipeline,
                   Settings(bucket=str(bucket), progress_interval_s=0.0))
 
 
@@ -47,7 +53,7 @@ def run_job(runner: Runner, key: str, data: bytes):
 
 @pytest.fixture(scope="module")
 def aligned_job(face_video, tmp_path_factory):
-    runner = make_runner(tmp_path_factory.mktemp("bucket"))
+    runner = make_runner(tmp_path_factory.mktemp("bucket"), dataset_only=True)
     runner.storage.put_file("uploads/astronaut.mp4", face_video)
     brief = "kind: train\navatar: astronaut\nvideo: uploads/astronaut.mp4\nextract_fps: 5\nseed: 3\n"
     manifest = run_job(runner, "inbox/astronaut.yaml", brief.encode())
@@ -132,7 +138,7 @@ def test_outputs_faces_metadata_and_contact_sheet(aligned_job):
 
 
 def test_bare_video_in_inbox_trains_an_avatar_named_after_the_file(face_video, tmp_path):
-    runner = make_runner(tmp_path / "bucket")
+    runner = make_runner(tmp_path / "bucket", dataset_only=True)
     manifest = run_job(runner, "inbox/Eileen Collins.mp4", face_video.read_bytes())
     assert manifest.status.value == "succeeded", manifest.error
     assert manifest.kind == "train" and manifest.request["avatar"] == "eileen-collins"
@@ -169,7 +175,7 @@ def bad_videos(face_video, tmp_path_factory) -> dict[str, tuple[bytes, str]]:
 
 
 def test_bad_videos_fail_with_specific_codes_and_the_worker_keeps_serving(bad_videos, tmp_path):
-    runner = make_runner(tmp_path / "bucket")
+    runner = make_runner(tmp_path / "bucket", dataset_only=True)
     for name, (data, _) in bad_videos.items():
         runner.storage.put_bytes(f"inbox/{name}", data)
         runner.submit(StorageEvent(bucket=runner.storage.name, key=f"inbox/{name}"))

@@ -92,7 +92,11 @@ def test_each_function_declares_its_gpu_timeout_retries_volumes_secret_and_sched
     assert info["run_align"].timeout == 30 * deploy.MINUTES and info["run_align"].max_retries == 2
     assert set(info["run_align"].volumes) == bucket
 
-    assert info["run_render"].gpus == [("H100", 1), ("A100-80GB", 1)]  # H100, falling back to A100-80GB
+    assert info["run_train"].gpus == [("H100", 1), ("A100-80GB", 1)]  # H100, falling back to A100-80GB
+    assert info["run_train"].timeout == 12 * deploy.HOURS and info["run_train"].max_retries == 2
+    assert set(info["run_train"].volumes) == {"/bucket", "/models"}  # checkpoints live in the bucket
+
+    assert info["run_render"].gpus == [("H100", 1), ("A100-80GB", 1)]
     assert info["run_render"].timeout == 2 * deploy.HOURS
     assert info["run_render"].max_retries == 2
     assert set(info["run_render"].volumes) == {"/bucket", "/models"}
@@ -108,7 +112,7 @@ def test_each_function_declares_its_gpu_timeout_retries_volumes_secret_and_sched
     assert info["reconcile"].gpus == [] and set(info["reconcile"].volumes) == bucket
     assert all(i.schedule is None for name, i in info.items() if name != "reconcile")
 
-    for name in ("run_prepare", "run_render", "run_webhook", "reconcile"):
+    for name in ("run_prepare", "run_align", "run_train", "run_render", "run_webhook", "reconcile"):
         assert info[name].volumes["/bucket"].name == deploy.BUCKET_VOLUME
         assert not info[name].volumes["/bucket"].read_only
     assert all(i.secrets == ["modal.Secret.from_name('videostudio')"] for i in info.values())
