@@ -298,6 +298,34 @@ class Runner:
         manifest = self.store.update(job_id, finish)
         self._queue_webhook_event(manifest, f"job.{status.value}")
 
+    def retry(self, job_id: str) -> JobManifest:
+        """Run a failed (or dead-lettered) job again from the stage that failed, with a fresh attempt budget."""
+        manifest = self.store.load(job_id)
+        if manifest is None:
+            raise VideostudioError("job_not_found", f"no job {job_id!r}")
+        if manifest.status != JobStatus.failed:
+            raise VideostudioError("job_not_failed", f"job {job_id} is {manifest.status.value}; only failed jobs are retried")
+        stage_box: list[str] = []
+
+        def reset(m: JobManifest) -> None:
+            if m.status != JobStatus.failed:
+                raise VideostudioError("job_not_failed", f"job {job_id} is {m.status.value}")
+            failed = next(name for name, r in m.stages.items() if r.status == StageStatus.failed)
+            m.retries.append({"at": utcnow().isoformat(), "stage": failed,
+                              "cleared_error": m.error.model_dump() if m.error else None})
+            for name, record in m.stages.items():
+                if record.status in (StageStatus.failed, StageStatus.cancelled):
+                    record.status = StageStatus.queued if name == failed else StageStatus.pending
+                    record.attempts, record.error, record.progress = 0, None, None
+                    record.started_at = record.finished_at = record.heartbeat_at = None
+            m.status, m.error = JobStatus.queued, None
+            stage_box.append(failed)  # the failed run's webhooks stay; the new run's events get new ids
+
+        manifest = self.store.update(job_id, reset)
+        self.queue.put(TaskMessage(job_id=job_id, stage=stage_box[0]))
+        self._emit("job.retried", job_id=job_id, stage=stage_box[0])
+        return manifest
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.storage.exists(cancel_marker_key(job_id))
 
@@ -369,7 +397,8 @@ class Runner:
         if not spec or event not in spec.get("events", []):
             return
         url = spec["url"]
-        msg_id = webhooks.webhook_id(manifest.job_id, f"{event}:{stage or ''}", url)
+        run = f":retry{len(manifest.retries)}" if manifest.retries else ""  # each explicit retry is a new run
+        msg_id = webhooks.webhook_id(manifest.job_id, f"{event}:{stage or ''}{run}", url)
         record = manifest.stages.get(stage) if stage else None
         payload = WebhookPayload(
             type=event,

@@ -119,6 +119,8 @@ class JobManifest(BaseModel):
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    retries: list[dict[str, Any]] = Field(
+        default_factory=list, description="Explicit `videostudio retry` runs: when, and the error they cleared.")
     warnings: list[str] = Field(default_factory=list)
     webhooks: list[WebhookDelivery] = Field(default_factory=list)
     versions: Versions

@@ -59,3 +59,17 @@ def test_submit_then_cancel_a_waiting_job(tmp_path):
     assert status["status"] == "cancelled"
     second = cli.invoke(app, ["cancel", job_id, "--bucket", str(bucket)])
     assert second.exit_code == 2 and "job_finished" in second.output
+
+
+def test_retry_verb_requeues_a_failed_job_and_refuses_others(tmp_path):
+    bucket = tmp_path / "bucket"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompt: ''\n")
+    result = cli.invoke(app, ["run", str(bad), "--bucket", str(bucket)])
+    job_id = result.stdout.split("job ", 1)[1].split()[0]
+    retried = cli.invoke(app, ["retry", job_id, "--bucket", str(bucket)])
+    assert retried.exit_code == 0 and "queued again from prepare" in retried.stdout
+    status = json.loads(cli.invoke(app, ["status", job_id, "--bucket", str(bucket), "--json"]).stdout)
+    assert status["status"] == "queued" and len(status["retries"]) == 1
+    again = cli.invoke(app, ["retry", job_id, "--bucket", str(bucket)])
+    assert again.exit_code == 2 and "job_not_failed" in again.output

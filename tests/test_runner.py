@@ -237,3 +237,38 @@ def test_webhook_gives_up_after_its_budget(tmp_path):
     delivery = runner.store.load(job_id).webhooks[0]
     assert delivery.status == "failed"
     assert len(delivery.attempts) == 3 and all(a.status_code is None for a in delivery.attempts)
+
+
+def test_poison_job_is_dead_lettered_then_retry_runs_it_again(tmp_path, webhook_receiver):
+    calls = []
+
+    def fragile(ctx: StageContext) -> StageResult:
+        calls.append(ctx.attempt)
+        if not ctx.storage.exists("fixed"):
+            raise RuntimeError("disk on fire")
+        return StageResult()
+
+    runner = make_runner(tmp_path, {"w": _with_webhook(webhook_receiver.url), "a": fragile, "b": ok_stage},
+                         max_attempts=2)
+    job_id = submit(runner)
+    drain(runner)
+    time.sleep(2.1)  # the retry's backoff
+    drain(runner)
+    manifest = runner.store.load(job_id)
+    assert manifest.status.value == "failed" and manifest.stages["a"].attempts == 2
+    assert manifest.error.code == "internal_error" and "disk on fire" in manifest.error.message
+    assert manifest.stages["b"].status.value == "cancelled"
+
+    runner.storage.put_bytes("fixed", b"1")
+    retried = runner.retry(job_id)
+    assert retried.status.value == "queued" and retried.stages["a"].attempts == 0
+    assert retried.retries[0]["cleared_error"]["code"] == "internal_error"
+    drain(runner)
+    manifest = runner.store.load(job_id)
+    assert manifest.status.value == "succeeded" and calls == [1, 2, 1]
+    events = [(d.event, d.status) for d in manifest.webhooks]
+    assert events == [("job.failed", "delivered"), ("job.succeeded", "delivered")]
+    assert len({d.webhook_id for d in manifest.webhooks}) == 2
+    with pytest.raises(VideostudioError) as info:
+        runner.retry(job_id)
+    assert info.value.code == "job_not_failed"

@@ -314,6 +314,18 @@ def cancel(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET) -> None:
 
 
 @app.command()
+def retry(job_id: str, bucket: BucketOpt = DEFAULT_BUCKET) -> None:
+    """Run a failed or dead-lettered job again from the stage that failed."""
+    runner = _runner(bucket)
+    try:
+        manifest = runner.retry(job_id)
+    except VideostudioError as exc:
+        _fail(exc)
+    stage = manifest.current_stage()
+    console.print(f"{job_id}: queued again from {stage} (retry {len(manifest.retries)})")
+
+
+@app.command()
 def schema(which: Annotated[str, typer.Argument(help="brief | manifest")]) -> None:
     """Print JSON Schema for briefs or manifests (for editor validation)."""
     if which == "brief":
