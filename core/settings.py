@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     api_max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest training video `POST /train` accepts.")
     model: str = Field(default="tiny", description="Model for briefs that name none.")
     device: str = Field(default="auto", description="auto | cpu | cuda")
+    quantization_skip: str = Field(default="", description=(
+        "Comma-separated regexes of module names that quantization leaves in bf16 (besides norms, embeddings "
+        "and the output layers), e.g. `norm1,attn1.to_out`."))
 
     lease_s: float = Field(default=60.0, gt=0, description="Queue visibility timeout and stage heartbeat horizon.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts per stage before the job is dead-lettered.")
