@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from importlib import metadata
 
-from core.storage import PreconditionFailed, Storage
+from core.storage import PreconditionFailed, Storage, StorageError
+from core.storage.base import ObjectNotFound
 from schemas.errors import VideostudioError
 from schemas.manifest import (
     InputRecord,
@@ -121,16 +122,17 @@ class ManifestStore:
         return manifest
 
     def _load_with_etag(self, job_id: str) -> tuple[JobManifest | None, str | None]:
-        key = manifest_key(job_id)
-        for _ in range(CAS_RETRIES):
-            info = self.storage.stat(key)
-            if info is None:
-                return None, None
-            data = self.storage.get_bytes(key)
-            after = self.storage.stat(key)
-            if after is not None and after.etag == info.etag:  # nobody replaced it between stat and read
-                return JobManifest.model_validate_json(data), info.etag
-        raise VideostudioError("manifest_contention", f"manifest of {job_id} keeps changing", retryable=True)
+        # The bytes with the etag they were read at (one GET on S3; stat, read, stat locally).
+        try:
+            data, info = self.storage.get_bytes_with_info(manifest_key(job_id))
+        except ObjectNotFound:
+            return None, None
+        except StorageError as exc:
+            if exc.code == "object_contention":
+                raise VideostudioError("manifest_contention", f"manifest of {job_id} keeps changing",
+                                       retryable=True) from None
+            raise
+        return JobManifest.model_validate_json(data), info.etag
 
     def create(self, manifest: JobManifest) -> bool:
         """Create the job's manifest unless it exists: True for the one caller that created the job."""

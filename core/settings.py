@@ -34,6 +34,24 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(default=1.0, ge=0)
     webhook_backoff_cap_s: float = Field(default=300.0, ge=0)
 
+    # S3-compatible buckets (`bucket: s3://name/prefix`) and event intake
+    state_dir: str | None = Field(default=None, description=(
+        "Local state (the SQLite queue) for an s3:// bucket; default ~/.cache/videostudio/<hash of the bucket URI>. "
+        "A folder bucket keeps its state in <bucket>/.videostudio."))
+    s3_endpoint: str | None = Field(default=None, description=(
+        "S3 API endpoint for R2, MinIO or Ceph (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL also work); none for AWS."))
+    s3_region: str | None = Field(default=None, description="S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1).")
+    s3_addressing_style: str = Field(default="auto", pattern=r"^(auto|path|virtual)$",
+                                     description="auto (path-style with an endpoint), path or virtual.")
+    s3_public_endpoint: str | None = Field(default=None, description=(
+        "Sign presigned URLs for this address (what users reach) instead of s3_endpoint."))
+    s3_multipart_threshold_mb: int = Field(default=64, ge=5, description="Files above this upload in parts.")
+    s3_multipart_chunk_mb: int = Field(default=16, ge=5, description="Part size of multipart uploads.")
+    url_expires_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600,
+                               description="Lifetime of presigned output URLs in webhooks (at most 7 days).")
+    events_secret: SecretStr | None = Field(default=None, description=(
+        "Shared secret for POST /events (Bearer, or the password of Basic auth); unset: the API token."))
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -174,3 +174,7 @@ def up_process(tmp_path: Path):
     yield start
     for proc in started:
         stop(proc)
+
+
+# Real S3 servers for the S3 backend and the cloud journey (moto's server mode, a one-node Ceph RGW).
+from s3_servers import S3Server, ceph_rgw, moto_server, s3_env, s3_server  # noqa: E402,F401

@@ -63,10 +63,12 @@ def validate_key(key: str) -> str:
 
 
 class Storage(abc.ABC):
-    """A bucket. Implementations: `LocalStorage` (a folder), S3 (later)."""
+    """A bucket. Implementations: `LocalStorage` (a folder), `S3Storage` (an S3-compatible bucket)."""
 
     #: A short, non-secret identity used in job ids and events (folder name or bucket name).
     name: str
+    #: Whether `url()` gives links that other machines can open (presigned URLs), fit for webhooks.
+    shareable_urls: bool = False
 
     @abc.abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
@@ -98,6 +100,22 @@ class Storage(abc.ABC):
     def url(self, key: str, *, expires_s: int = 3600) -> str: ...
 
     # Derived helpers shared by every backend.
+    def get_bytes_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The bytes and the etag they were read at. Backends that can (S3) do it in one request."""
+        for _ in range(50):
+            info = self.stat(key)
+            if info is None:
+                raise ObjectNotFound(key)
+            data = self.get_bytes(key)
+            after = self.stat(key)
+            if after is not None and after.etag == info.etag:  # nobody replaced it between stat and read
+                return data, info
+        raise StorageError("object_contention", f"{key!r} keeps changing while it is read", retryable=True)
+
+    def relative_key(self, bucket: str, full_key: str) -> str | None:
+        """The key of an object an event names (bucket, full key), or None if it is not in this storage."""
+        return full_key if bucket == self.name else None
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
