@@ -13,6 +13,15 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# 1b. a one-node Ceph RGW for the S3 integration tests (scripts/ceph-rgw.sh starts it; nothing runs as a service)
+have_all() { for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
+if ! have_all ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph openssl curl; then
+  echo "setup: installing ceph-mon, ceph-osd and radosgw from Debian (for the S3 tests)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    ceph-mon ceph-osd radosgw ceph-common openssl curl >/dev/null
+fi
+
 # 2. a virtual environment with Python 3.11
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then
