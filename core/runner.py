@@ -85,12 +85,13 @@ class Runner:
             return job_id, False
         kind = self.pipeline.classify(self.storage, key)
         route = self.pipeline.route(kind)
-        manifest = new_manifest(job_id, kind, InputRecord(key=key, size=info.size, hash=content_hash, etag=info.etag), route)
+        manifest = new_manifest(job_id, kind, InputRecord(key=key, size=info.size, hash=content_hash, etag=info.etag,
+                                                          source=event.source), route)
         manifest.stages[route[0]].status = StageStatus.queued
         created = self.store.create(manifest)
         if created:
             self.queue.put(TaskMessage(job_id=job_id, stage=route[0]))
-            self._emit("job.created", job_id=job_id, kind=kind, key=key)
+            self._emit("job.created", job_id=job_id, kind=kind, key=key, source=event.source)
         return job_id, created
 
     # ------------------------------------------------------------------ process
@@ -400,13 +401,15 @@ class Runner:
         run = f":retry{len(manifest.retries)}" if manifest.retries else ""  # each explicit retry is a new run
         msg_id = webhooks.webhook_id(manifest.job_id, f"{event}:{stage or ''}{run}", url)
         record = manifest.stages.get(stage) if stage else None
+        outputs = record.outputs if record else manifest.outputs
         payload = WebhookPayload(
             type=event,
             timestamp=utcnow(),
             data=WebhookJobData(
                 job_id=manifest.job_id, kind=manifest.kind, status=manifest.status.value, stage=stage,
                 input_key=manifest.input.key, manifest_key=manifest_key(manifest.job_id),
-                outputs=record.outputs if record else manifest.outputs,
+                outputs=outputs,
+                output_urls=self._output_urls(outputs),
                 metrics=record.metrics if record else {},
                 error=record.error if record else manifest.error,
             ),
@@ -463,6 +466,18 @@ class Runner:
             self.queue.ack(lease)
 
     # ------------------------------------------------------------------ helpers
+    def _output_urls(self, outputs: dict[str, str]) -> dict[str, str]:
+        """Presigned links to the outputs, where the storage gives links other machines can open (S3)."""
+        if not self.storage.shareable_urls:
+            return {}
+        urls = {}
+        for name, key in outputs.items():
+            try:
+                urls[name] = self.storage.url(key, expires_s=self.settings.url_expires_s)
+            except Exception:  # a link is a convenience: never let it block the webhook
+                log.warning("no presigned URL for %s", key, exc_info=True)
+        return urls
+
     @property
     def device(self) -> str:
         if self._device is None:

@@ -63,3 +63,22 @@ class JobSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     error: ErrorInfo | None = None
+
+
+class IntakeSubmitted(BaseModel):
+    key: str
+    job_id: str
+    created: bool = Field(description="False when the job already existed (a duplicate or late event).")
+    source: str | None = None
+
+
+class IntakeSkipped(BaseModel):
+    key: str | None = None
+    reason: str = Field(description="test_event, not_a_create, other_bucket, not_an_input, input_not_found, …")
+
+
+class EventsAccepted(BaseModel):
+    """What `POST /events` did with a bucket notification."""
+
+    submitted: list[IntakeSubmitted] = Field(default_factory=list)
+    ignored: list[IntakeSkipped] = Field(default_factory=list)

@@ -1,7 +1,7 @@
 """The normalized storage event and the queue's task message.
 
 Every event source (folder watcher, S3 notifications, SQS, HTTP) is turned into a
-`StorageEvent`; everything downstream sees only this shape.
+`StorageEvent` (bucket notifications by `triggers/intake.py`); everything downstream sees only this shape.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class StorageEvent(BaseModel):
 
     bucket: str = Field(description="Bucket identity: a folder name or an S3 bucket name (never a machine path).")
     key: str = Field(description="The decoded object key, e.g. `inbox/sunrise.yaml`.")
+    raw_key: str | None = Field(default=None, description=(
+        "The key exactly as the notification carried it, when that differs from `key` (URL-encoded sources)."))
     size: int | None = Field(default=None, ge=0)
     etag: str | None = None
     content_hash: str | None = Field(default=None, description="sha256 of the bytes, when known.")

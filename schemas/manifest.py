@@ -70,6 +70,8 @@ class InputRecord(BaseModel):
     size: int | None = None
     hash: str | None = Field(default=None, description="sha256 of the input bytes.")
     etag: str | None = None
+    source: str | None = Field(default=None, description=(
+        "What announced the input first: folder, cli, http, reconciler, s3, sqs, sns, eventbridge, minio, ceph, r2."))
 
 
 class WebhookAttempt(BaseModel):

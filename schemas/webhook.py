@@ -18,6 +18,8 @@ class WebhookJobData(BaseModel):
     input_key: str
     manifest_key: str
     outputs: dict[str, str] = Field(default_factory=dict)
+    output_urls: dict[str, str] = Field(default_factory=dict, description=(
+        "Expiring presigned download links for `outputs` (S3 buckets only; VIDEOSTUDIO_URL_EXPIRES_S)."))
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
 

@@ -48,18 +48,20 @@ from core.jobs import manifest_key
 from core.runner import INBOX, Runner
 from core.settings import Settings
 from core.storage import PreconditionFailed, Storage, validate_key
-from schemas.api import PATH_ID_PATTERN, ApiError, Health, JobSummary, SubmittedJob, TrainRequest
+from schemas.api import PATH_ID_PATTERN, ApiError, EventsAccepted, Health, JobSummary, SubmittedJob, TrainRequest
 from schemas.avatar import AvatarManifest
 from schemas.brief import MAX_BRIEF_BYTES, Brief, RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest, JobStatus
+from triggers.intake import check_authorization, events_secret, handle_payload
 
 log = logging.getLogger("videostudio.api")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MAX_JSON_BYTES = MAX_BRIEF_BYTES          # briefs and JSON bodies: 1 MB
+MAX_EVENTS_BYTES = 1024 * 1024            # a notification batch (S3 caps one message at 64 KB, EventBridge at 256 KB)
 SSE_POLL_S = 0.25                         # how often the event stream looks at the manifest
 SSE_KEEPALIVE_S = 15.0                    # a comment line this often keeps proxies from closing an idle stream
 UPLOAD_FIELD = "video"                    # the multipart file field of POST /train
@@ -181,6 +183,26 @@ def _token_checker(token: bytes | None) -> Callable[..., Any]:
                             headers={"WWW-Authenticate": 'Bearer realm="videostudio", error="invalid_token"'})
 
     return require_token
+
+
+def _events_checker(secret: bytes | None) -> Callable[..., Any]:
+    """POST /events: `Bearer <secret>` or Basic auth with the secret as password (SNS, Ceph RGW)."""
+
+    async def require_events_secret(
+            request: Request,
+            _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]) -> None:
+        if secret is None:  # insecure mode (serve --insecure-no-auth on loopback) only
+            return
+        header = request.headers.get("authorization")
+        if not header:
+            raise HttpError(401, "unauthorized", "POST /events needs `Authorization: Bearer <VIDEOSTUDIO_EVENTS_SECRET>` "
+                            "(or Basic auth with the secret as the password)",
+                            headers={"WWW-Authenticate": 'Bearer realm="videostudio"'})
+        if not check_authorization(header, secret):
+            raise HttpError(401, "unauthorized", "the events secret is not valid",
+                            headers={"WWW-Authenticate": 'Bearer realm="videostudio", error="invalid_token"'})
+
+    return require_events_secret
 
 
 def configured_token(settings: Settings) -> bytes | None:
@@ -685,6 +707,26 @@ def create_app(settings: Settings, *, runner: Runner | None = None, allow_no_aut
         response.status_code = 201 if created else 200
         return SubmittedJob(job_id=job_id, created=created, manifest_key=manifest_key(job_id), brief_key=key,
                             kind="train", video_key=brief.video)
+
+    # ------------------------------------------------------------------ bucket notifications
+    @app.api_route(
+        "/events", methods=["POST"], response_model=EventsAccepted, tags=["events"],
+        dependencies=[Depends(_events_checker(events_secret(settings) if token is not None else None))],
+        summary="Bucket notifications in: S3 (direct, SNS, EventBridge), MinIO, Ceph RGW, Cloudflare R2",
+        description=(
+            "Any notification shape the intake understands (see docs/deploy.md): objects created under "
+            "`inbox/` start their job (once: duplicates and late events find the existing job); everything "
+            "else is ignored with a reason. Authenticate with `Authorization: Bearer <VIDEOSTUDIO_EVENTS_SECRET>` "
+            "or Basic auth with the secret as the password (falls back to the API token when no events secret "
+            "is set). 503 means the bucket could not be reached: send the event again."),
+        responses={**ERROR_RESPONSES, 413: {"model": ApiError}, 503: {"model": ApiError}},
+    )
+    async def post_events(request: Request) -> EventsAccepted:
+        body = await read_body(request, MAX_EVENTS_BYTES)
+        result = await run_in_threadpool(handle_payload, service.runner, body)
+        if result.failed:
+            raise HttpError(503, "storage_unavailable", "the bucket could not be reached; send the event again")
+        return EventsAccepted.model_validate(result.summary())
 
     # ------------------------------------------------------------------ jobs
     @secured("GET", "/jobs", response_model=list[JobSummary], tags=["jobs"], summary="List jobs, newest first")

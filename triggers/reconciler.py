@@ -13,16 +13,30 @@ log = logging.getLogger("videostudio.reconciler")
 
 
 class InboxScanner:
-    """Lists `inbox/` and submits inputs without a job. Remembers (key, etag) so it hashes each file once."""
+    """Lists `inbox/` and submits inputs without a job. Remembers (key, etag) so it hashes each file once.
+
+    Works the same on a folder and on an S3 bucket (one paginated LIST per pass). A fresh scanner (a
+    restarted worker, a cold Modal container) first learns which (key, etag) pairs already have a job
+    from the job manifests, so it doesn't download and hash every inbox object again to find out.
+    """
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
         self._known: dict[str, str] = {}
+        self._with_jobs: set[tuple[str, str]] | None = None
+
+    def _has_job(self, key: str, etag: str) -> bool:
+        if self._with_jobs is None:
+            self._with_jobs = {(m.input.key, m.input.etag) for m in self.runner.store.all() if m.input.etag}
+        return (key, etag) in self._with_jobs
 
     def scan(self) -> list[str]:
         created = []
         for info in self.runner.storage.list("inbox/"):
             if self._known.get(info.key) == info.etag:
+                continue
+            if self._has_job(info.key, info.etag):
+                self._known[info.key] = info.etag
                 continue
             try:
                 job_id, was_created = self.runner.submit(
