@@ -9,12 +9,12 @@ import torch
 
 from core.stage import StageContext, StageResult
 from core.video import frames_to_uint8, write_mp4, write_poster
-from functions.models.mochi import load_pipeline
+from core.vram_planner import RenderJob
+from functions.models.mochi import load_pipeline, pick_device, quantization_skip_patterns, resolve_quantization
 from schemas.errors import VideostudioError
 from schemas.plan import RenderPlan
 
 DENOISE_SHARE = 0.9  # of the stage's progress bar; decoding and encoding take the rest
-CPU_QUANTIZATION = ("auto", "bf16")
 AVATAR_ADAPTER = "avatar"
 
 
@@ -22,15 +22,19 @@ def render(ctx: StageContext) -> StageResult:
     if not ctx.request or "plan" not in ctx.request:
         raise VideostudioError("missing_plan", "render needs the plan written by prepare")
     plan = RenderPlan.model_validate(ctx.request["plan"])
-    if plan.quantization not in CPU_QUANTIZATION:
-        raise VideostudioError("quantization_unavailable",
-                               f"quantization {plan.quantization!r} is not available in this version; use auto or bf16")
 
-    # 1. load the pipeline (cached per process)
-    ctx.progress(0.0, f"loading model {plan.model}")
+    # 1. choose the precision (the planner, for `auto` on a GPU) and load the pipeline (cached per process)
+    device = pick_device(ctx.settings.device)
+    skip = quantization_skip_patterns(ctx.settings)
+    job = RenderJob(width=plan.width, height=plan.height, num_frames=plan.num_frames,
+                    guidance_scale=plan.guidance_scale)
+    choice = resolve_quantization(plan.model, plan.quantization, device, job, skip=skip)
+    ctx.progress(0.0, f"loading model {plan.model} ({choice.method})")
     clock = time.perf_counter()
-    loaded = load_pipeline(plan.model, device_setting=ctx.settings.device)
+    loaded = load_pipeline(plan.model, device_setting=device, method=choice.method, offload=choice.offload, skip=skip)
     load_s = time.perf_counter() - clock
+    quantization = {"requested": plan.quantization, **(loaded.quantization or {}), "reason": choice.reason,
+                    "offload": loaded.offload, "estimated_peak_bytes": choice.estimated_peak_bytes}
 
     # 2. denoise, with the avatar's LoRA loaded for this render only
     with avatar_lora(ctx, loaded.pipe, plan):
@@ -58,6 +62,7 @@ def render(ctx: StageContext) -> StageResult:
             "device": loaded.device, "dtype": str(loaded.dtype).removeprefix("torch."),
             "random_weights": loaded.random_weights,
             "avatar": plan.avatar, "avatar_strength": plan.avatar_strength if plan.avatar else None,
+            "quantization": quantization,
         },
         model_id=plan.model,
     )
