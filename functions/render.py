@@ -30,6 +30,8 @@ def render(ctx: StageContext) -> StageResult:
                     guidance_scale=plan.guidance_scale)
     choice = resolve_quantization(plan.model, plan.quantization, device, job, skip=skip)
     ctx.progress(0.0, f"loading model {plan.model} ({choice.method})")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     clock = time.perf_counter()
     loaded = load_pipeline(plan.model, device_setting=device, method=choice.method, offload=choice.offload, skip=skip)
     load_s = time.perf_counter() - clock
@@ -63,6 +65,7 @@ def render(ctx: StageContext) -> StageResult:
             "random_weights": loaded.random_weights,
             "avatar": plan.avatar, "avatar_strength": plan.avatar_strength if plan.avatar else None,
             "quantization": quantization,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
         },
         model_id=plan.model,
     )

@@ -216,7 +216,15 @@ def resolve_quantization(model_id: str, requested: str, device: str, job: Render
         check_supported(requested, device)
         return AutoChoice(requested, False, f"{requested}: named in the brief")
     job = job or RenderJob()
-    spec = model_spec(model_configs(model_id), skip)
+    try:
+        spec = model_spec(model_configs(model_id), skip)
+    except VideostudioError as exc:  # no configs: the pre-planner rule (offload below FULL_GPU_BYTES)
+        if requested != "auto":
+            check_supported(requested, device)
+        method = "bf16" if requested == "auto" else requested
+        offload = torch.cuda.get_device_properties(0).total_memory < FULL_GPU_BYTES
+        return AutoChoice(method, offload, f"{method}: the planner could not read the model's configs "
+                          f"({exc.message}); {'model CPU offload' if offload else 'no offload'} by GPU size")
     free = usable_cuda_bytes()
     capability = torch.cuda.get_device_capability()
     if requested == "auto":
