@@ -5,27 +5,31 @@ Wiring only. Every function hands its message to the same `Runner` the local wor
 scan are `triggers/reconciler.py`. Messages travel by spawning the next function
 (`core/queue/spawn.py`).
 
-Deploy:
-    modal secret create videostudio VIDEOSTUDIO_WEBHOOK_SECRET=whsec_...   # once
+Deploy (docs/deploy.md has the whole walk-through for AWS S3, R2, MinIO and Ceph):
+    modal secret create videostudio VIDEOSTUDIO_BUCKET=s3://my-bucket/studio \
+        AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_REGION=... \
+        VIDEOSTUDIO_WEBHOOK_SECRET=whsec_... VIDEOSTUDIO_API_TOKEN=... VIDEOSTUDIO_EVENTS_SECRET=...
     videostudio deploy          # runs `modal deploy deploy.py` from the repo root
 
-Drop work into the bucket volume; the scheduled `reconcile` finds it within two minutes:
-    modal volume put videostudio-bucket examples/hello.yaml inbox/hello.yaml
-    modal volume get videostudio-bucket jobs/ ./jobs
+The `web` function serves the HTTP app (triggers/api.py): `POST /events` for the bucket's
+notifications (S3 via SNS/EventBridge, MinIO, Ceph RGW, an R2 forwarding worker) and the job API.
+The scheduled `reconcile` lists `inbox/` every two minutes, the safety net for lost notifications.
 
-Storage for now: until the S3 backend exists, the bucket is a local folder on a
-`modal.Volume` mounted at /bucket. A Volume shows a container the state it had at the
-last reload and publishes its writes on commit (Modal also commits in the background
-every few seconds), so each function reloads before it reads and commits after it
-writes, and spawns the next function only after that commit. A Volume has no
-cross-container compare-and-swap (last commit wins per file), so two containers writing
-one job's manifest at once can lose an update; the S3 backend with `If-Match` removes
-that. Both calls are skipped outside a Modal container (`.local()` in tests).
+Storage: with `VIDEOSTUDIO_BUCKET=s3://…` in the Secret, every function uses the S3 backend
+(conditional puts make manifest updates safe across containers) and never touches the bucket
+Volume. Without it, the bucket is a local folder on a `modal.Volume` mounted at /bucket: a
+Volume shows a container the state it had at the last reload and publishes its writes on commit,
+so each function reloads before it reads and commits after it writes, and spawns the next
+function only after that commit. A Volume has no cross-container compare-and-swap (last commit
+wins per file), so two containers writing one job's manifest at once can lose an update: use S3
+for anything but a trial. Volume calls are skipped outside a Modal container (`.local()` in tests).
+    modal volume put videostudio-bucket examples/hello.yaml inbox/hello.yaml   # Volume mode only
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ import modal
 from core.queue.spawn import SpawnQueue
 from core.runner import Runner
 from core.settings import Settings
-from core.storage import open_storage
+from core.storage import is_s3_uri, open_storage
 from functions.routes import default_pipeline
 from schemas.events import TaskMessage
 from triggers.reconciler import InboxScanner, run_once
@@ -50,7 +54,7 @@ BUCKET_MOUNT = "/bucket"
 BUCKET_VOLUME = "videostudio-bucket"
 MODELS_MOUNT = "/models"  # the Hugging Face cache, so real Mochi weights download once
 MODELS_VOLUME = "videostudio-models"
-SECRET_NAME = "videostudio"  # VIDEOSTUDIO_WEBHOOK_SECRET, VIDEOSTUDIO_API_TOKEN, HF_TOKEN, ...
+SECRET_NAME = "videostudio"  # VIDEOSTUDIO_BUCKET, AWS_*, VIDEOSTUDIO_WEBHOOK_SECRET, VIDEOSTUDIO_API_TOKEN, HF_TOKEN, ...
 
 RENDER_GPUS = ["H100", "A100-80GB"]  # in order of preference
 TRAIN_GPUS = ["H100", "A100-80GB"]
@@ -68,6 +72,7 @@ PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 
 STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "train": "run_train", "render": "run_render"}
 WEBHOOK_FUNCTION = "run_webhook"
+WEB_CONCURRENT_INPUTS = 16  # one web container serves this many requests at once
 DELAY_FUNCTION = "wake_later"
 
 app = modal.App(APP_NAME)
@@ -80,7 +85,6 @@ image = (
     .pip_install_from_pyproject(str(PYPROJECT))
     .run_commands(f"python -m pip install --no-deps {FACENET}")
     .env({
-        "VIDEOSTUDIO_BUCKET": BUCKET_MOUNT,
         "VIDEOSTUDIO_LEASE_S": str(LEASE_S),
         "HF_HOME": f"{MODELS_MOUNT}/huggingface",
         "PYTHONUNBUFFERED": "1",
@@ -118,25 +122,34 @@ def make_queue(settings: Settings) -> SpawnQueue:
 _runners: dict[str, tuple[Runner, SpawnQueue, InboxScanner]] = {}
 
 
+def bucket_uri() -> str:
+    """VIDEOSTUDIO_BUCKET from the Secret (`s3://…`), else the bucket Volume's mount."""
+    return os.environ.get("VIDEOSTUDIO_BUCKET") or BUCKET_MOUNT
+
+
+def uses_volume() -> bool:
+    return not is_s3_uri(bucket_uri())
+
+
 def wiring() -> tuple[Runner, SpawnQueue, InboxScanner]:
     """One runner per container and bucket (the scanner remembers what it already hashed)."""
-    settings = Settings()
+    settings = Settings(bucket=bucket_uri())
     if settings.bucket not in _runners:
         queue = make_queue(settings)
-        runner = Runner(open_storage(settings.bucket), queue, default_pipeline(), settings)
+        runner = Runner(open_storage(settings.bucket, settings=settings), queue, default_pipeline(), settings)
         _runners[settings.bucket] = (runner, queue, InboxScanner(runner))
     return _runners[settings.bucket]
 
 
 def reload_bucket() -> None:
-    """See the latest committed bucket. Only inside a Modal container: `.local()` has no volume."""
-    if not modal.is_local():
+    """See the latest committed bucket: Volume mode, inside a Modal container only (S3 needs nothing)."""
+    if uses_volume() and not modal.is_local():
         bucket_volume.reload()
 
 
 def commit_bucket() -> None:
-    """Publish this container's writes to the bucket before anything else reads them."""
-    if not modal.is_local():
+    """Publish this container's writes to the bucket before anything else reads them (Volume mode)."""
+    if uses_volume() and not modal.is_local():
         bucket_volume.commit()
 
 
@@ -220,8 +233,34 @@ def reconcile() -> None:
             commit_bucket()
 
 
+@app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume}, secrets=secrets, cpu=1.0, memory=2048,
+              timeout=15 * MINUTES)
+@modal.concurrent(max_inputs=WEB_CONCURRENT_INPUTS)
+@modal.asgi_app()
+def web() -> Any:
+    """The HTTP app: POST /events (bucket notifications) and the job API, behind VIDEOSTUDIO_API_TOKEN
+    and VIDEOSTUDIO_EVENTS_SECRET. New jobs spawn their first stage at once."""
+    from fastapi.concurrency import run_in_threadpool
+
+    from triggers.api import create_app
+
+    runner, _, _ = wiring()
+    api = create_app(runner.settings, runner=runner)
+    if uses_volume():
+        @api.middleware("http")
+        async def volume_sync(request: Any, call_next: Any) -> Any:
+            # Volume mode: see the latest commit, and publish what a request wrote (a brief, a new job).
+            # A first stage spawned before that commit may find no manifest yet; `reconcile` re-sends it.
+            await run_in_threadpool(reload_bucket)
+            response = await call_next(request)
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                await run_in_threadpool(commit_bucket)
+            return response
+    return api
+
+
 FUNCTIONS = {
     "run_prepare": run_prepare, "run_align": run_align, "run_train": run_train, "run_render": run_render,
     "run_webhook": run_webhook,
-    "wake_later": wake_later, "reconcile": reconcile,
+    "wake_later": wake_later, "reconcile": reconcile, "web": web,
 }

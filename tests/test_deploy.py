@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -326,3 +327,83 @@ def test_deploy_verb_explains_a_missing_token_or_modal_cli(tmp_path, monkeypatch
     monkeypatch.setattr(cli_module, "_modal_cli", lambda: None)
     result = cli.invoke(cli_module.app, ["deploy"])
     assert result.exit_code == 2 and "`modal` command is not installed" in result.output
+
+
+# ---------------------------------------------------------------------------- S3 bucket and the web endpoint
+def test_the_web_endpoint_serves_the_http_app():
+    info = {name: fn.info() for name, fn in deploy.FUNCTIONS.items()}
+    web = info["web"]
+    assert web.web_info is not None  # an ASGI web endpoint: triggers.api.create_app
+    assert web.gpus == [] and web.timeout == 15 * deploy.MINUTES and web.schedule is None
+    assert web.concurrency_info.max_inputs == deploy.WEB_CONCURRENT_INPUTS
+    assert web.secrets == ["modal.Secret.from_name('videostudio')"]
+    assert all(i.web_info is None for name, i in info.items() if name != "web")
+    # weights are cached in a Volume for the GPU stages; the bucket itself is S3 when the Secret says so
+    assert info["run_render"].volumes["/models"].name == deploy.MODELS_VOLUME
+
+
+@pytest.fixture
+def s3_app(moto_server, s3_env, monkeypatch):
+    """The app as it runs with VIDEOSTUDIO_BUCKET=s3://… in its Secret, inside a container (Volume calls explode)."""
+    s3_env(moto_server)
+    bucket = moto_server.new_bucket("modal")
+    monkeypatch.setenv("VIDEOSTUDIO_BUCKET", f"s3://{bucket}/studio")
+    monkeypatch.setenv("VIDEOSTUDIO_WEBHOOK_SECRET", TEST_SECRET)
+    monkeypatch.setenv("VIDEOSTUDIO_WEBHOOK_BACKOFF_BASE_S", "0.05")
+    monkeypatch.setenv("VIDEOSTUDIO_API_TOKEN", "api-token")
+    monkeypatch.setenv("VIDEOSTUDIO_EVENTS_SECRET", "events-secret")
+    monkeypatch.setattr(deploy, "_runners", {})
+    recorder = SpawnRecorder()
+    monkeypatch.setattr(deploy, "spawn_target", recorder.target)
+
+    class Exploding:
+        def reload(self):
+            raise AssertionError("an S3 deployment never touches the bucket Volume")
+
+        commit = reload
+
+    monkeypatch.setattr(deploy, "bucket_volume", Exploding())
+    monkeypatch.setattr(deploy.modal, "is_local", lambda: False)  # as inside a Modal container
+    return bucket, recorder, moto_server.client()
+
+
+def test_with_an_s3_bucket_the_stages_run_on_s3_without_the_volume(s3_app, webhook_receiver):
+    bucket, recorder, s3 = s3_app
+    assert not deploy.uses_volume()
+    brief = TINY_BRIEF.format(steps=2, seed=8) + f"webhook: {{url: '{webhook_receiver.url}', events: [job.succeeded]}}\n"
+    s3.put_object(Bucket=bucket, Key="studio/inbox/dawn light.yaml", Body=brief.encode())
+
+    deploy.reconcile.local()  # the scheduled scan lists inbox/ on S3
+    assert [name for name, _ in recorder.calls] == ["run_prepare"]
+    results = recorder.deliver_all()
+    [render] = [r for name, r in results if name == "run_render"]
+    assert render["status"] == "succeeded"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"studio/jobs/{render['job_id']}/manifest.json")["Body"].read())
+    assert manifest["status"] == "succeeded" and manifest["input"]["key"] == "inbox/dawn light.yaml"
+    assert s3.head_object(Bucket=bucket, Key=f"studio/{manifest['outputs']['video']}")["ContentLength"] > 0
+    [hook] = webhook_receiver.received
+    payload = Webhook(TEST_SECRET).verify(hook.body, hook.headers)
+    assert payload["data"]["output_urls"]["video"].startswith(os.environ["AWS_ENDPOINT_URL"])
+    assert "X-Amz-Signature=" in payload["data"]["output_urls"]["video"]
+
+
+def test_the_web_endpoint_takes_bucket_notifications_and_spawns_the_first_stage(s3_app):
+    from fastapi.testclient import TestClient
+
+    bucket, recorder, s3 = s3_app
+    s3.put_object(Bucket=bucket, Key="studio/inbox/from event.yaml", Body=TINY_BRIEF.format(steps=2, seed=9).encode())
+    notification = {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                 "eventTime": "2026-11-12T00:00:00.000Z",
+                                 "s3": {"bucket": {"name": bucket},
+                                        "object": {"key": "studio/inbox/from+event.yaml", "size": 1}}}]}
+    with TestClient(deploy.web.local()) as client:
+        assert client.get("/health").status_code == 200
+        assert client.post("/events", json=notification).status_code == 401
+        response = client.post("/events", json=notification, headers={"Authorization": "Bearer events-secret"})
+        assert response.status_code == 200, response.text
+        [submitted] = response.json()["submitted"]
+        assert submitted["key"] == "inbox/from event.yaml" and submitted["created"]
+        assert recorder.calls == [("run_prepare", ({"job_id": submitted["job_id"], "action": "stage",
+                                                    "stage": "prepare", "webhook_id": None}, 1))]
+        jobs = client.get("/jobs", headers={"Authorization": "Bearer api-token"}).json()
+        assert [j["job_id"] for j in jobs] == [submitted["job_id"]]

@@ -40,7 +40,7 @@ console = Console()
 err = Console(stderr=True)
 
 BucketOpt = Annotated[str, typer.Option("--bucket", "-b", envvar="VIDEOSTUDIO_BUCKET",
-                                        help="Bucket folder (or VIDEOSTUDIO_BUCKET).")]
+                                        help="Bucket folder or s3://bucket/prefix (or VIDEOSTUDIO_BUCKET).")]
 WATCH_POLL_S = 0.25
 
 
@@ -93,10 +93,20 @@ def _worker_process(bucket: str, stop_event: Any) -> None:
 @app.command()
 def up(bucket: BucketOpt = DEFAULT_BUCKET,
        workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+       http_port: Annotated[Optional[int], typer.Option(
+           "--http-port", min=1, max=65535,
+           help="Also serve the HTTP API here (POST /events for bucket notifications, jobs, briefs).")] = None,
+       http_host: Annotated[str, typer.Option("--http-host", help="Address for --http-port.")] = "127.0.0.1",
+       sqs: Annotated[Optional[str], typer.Option(
+           "--sqs", help="Also long-poll this SQS queue URL for bucket notifications.")] = None,
        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Watch inbox/ and run workers until Ctrl-C."""
+    """Run workers until Ctrl-C: a folder bucket's inbox/ is watched; an s3:// bucket's inbox/ is scanned
+    every VIDEOSTUDIO_RECONCILE_INTERVAL_S, and bucket notifications start jobs at once (--http-port, --sqs)."""
     _setup_logging(verbose)
-    runner = _runner(bucket, on_event=_print_event)
+    try:
+        runner = _runner(bucket, on_event=_print_event)
+    except VideostudioError as exc:
+        _fail(exc)
     stop = threading.Event()
     mp_stop = multiprocessing.get_context("spawn").Event()
 
@@ -115,24 +125,55 @@ def up(bucket: BucketOpt = DEFAULT_BUCKET,
             err.print(f"[red]cannot submit[/red] {key}: {exc.code}: {exc.message}")
 
     run_once(runner, scanner)  # on start: recover whatever the last run left
-    assert isinstance(runner.storage, LocalStorage)
     threads = [
-        threading.Thread(target=watch_inbox, args=(runner.storage, submit_key, stop),
-                         kwargs={"quiet_s": runner.settings.watch_quiet_s}, name="watcher", daemon=True),
         threading.Thread(target=reconcile_forever, args=(runner, stop),
                          kwargs={"interval_s": runner.settings.reconcile_interval_s}, name="reconciler", daemon=True),
     ]
+    if isinstance(runner.storage, LocalStorage):
+        threads.append(threading.Thread(target=watch_inbox, args=(runner.storage, submit_key, stop),
+                                        kwargs={"quiet_s": runner.settings.watch_quiet_s}, name="watcher", daemon=True))
+        where = f"watching {bucket}/inbox"
+    else:  # no folder to watch: the inbox scan, plus whatever notifications are wired in
+        where = f"scanning {bucket} inbox/ every {runner.settings.reconcile_interval_s:g}s"
+    if sqs:
+        from triggers.intake import poll_sqs
+
+        threads.append(threading.Thread(target=poll_sqs, args=(runner, sqs), kwargs={"stop": stop},
+                                        name="sqs", daemon=True))
+        where += f", polling {sqs}"
+    if http_port is not None:
+        threads.append(_http_thread(runner, http_host, http_port, stop))
+        where += f", HTTP API on http://{http_host}:{http_port}"
     for thread in threads:
         thread.start()
     extra = [multiprocessing.get_context("spawn").Process(target=_worker_process, args=(bucket, mp_stop), daemon=True)
              for _ in range(workers - 1)]
     for process in extra:
         process.start()
-    console.print(f"[bold]videostudio up[/bold]: watching {bucket}/inbox with {workers} worker(s). Ctrl-C stops.")
+    console.print(f"[bold]videostudio up[/bold]: {where}, with {workers} worker(s). Ctrl-C stops.")
     work_until(runner, stop)
     for process in extra:
         process.join(timeout=30)
     console.print("stopped")
+
+
+def _http_thread(runner: Runner, host: str, port: int, stop: threading.Event) -> threading.Thread:
+    """The HTTP API (with POST /events) on this runner, in a thread that ends when `stop` is set."""
+    import uvicorn
+
+    from triggers.api import configured_token, create_app
+
+    if configured_token(runner.settings) is None:
+        _fail(VideostudioError("no_api_token", "--http-port needs VIDEOSTUDIO_API_TOKEN (and VIDEOSTUDIO_EVENTS_SECRET "
+                                               "for bucket notifications)"))
+    server = uvicorn.Server(uvicorn.Config(create_app(runner.settings, runner=runner), host=host, port=port,
+                                           log_level="warning", proxy_headers=False, server_header=False))
+
+    def serve() -> None:
+        threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True).start()
+        server.run()
+
+    return threading.Thread(target=serve, name="http", daemon=True)
 
 
 @app.command()
@@ -399,6 +440,45 @@ def serve(bucket: BucketOpt = DEFAULT_BUCKET,
         _fail(exc)
 
 
+intake_app = typer.Typer(help="Bucket notifications in from a queue (POST /events is on `serve`/`up --http-port`).",
+                         no_args_is_help=True)
+app.add_typer(intake_app, name="intake")
+
+
+@intake_app.command("sqs")
+def intake_sqs(queue_url: Annotated[str, typer.Argument(help="The SQS queue URL S3 (or SNS, EventBridge) sends to.")],
+               bucket: BucketOpt = DEFAULT_BUCKET,
+               wait_s: Annotated[int, typer.Option(min=0, max=20, help="Long-poll wait per request.")] = 20,
+               once: Annotated[bool, typer.Option("--once", help="One receive, then exit.")] = False,
+               endpoint_url: Annotated[Optional[str], typer.Option(
+                   help="SQS endpoint (default: AWS, or AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL).")] = None,
+               region: Annotated[Optional[str], typer.Option(help="SQS region (default: AWS_REGION).")] = None,
+               verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Long-poll QUEUE_URL and start the job of each inbox/ object it announces. A message is deleted once
+    handled and left for SQS to deliver again when its submission failed. Run `up` for the workers."""
+    from triggers.intake import poll_sqs, sqs_client
+
+    _setup_logging(verbose)
+    try:
+        runner = _runner(bucket, on_event=_print_event)
+    except VideostudioError as exc:
+        _fail(exc)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def report(message_id: str, result: Any) -> None:
+        for ignored in result.summary()["ignored"]:
+            console.print(f"{time.strftime('%H:%M:%S')}   ignored {ignored['key'] or message_id}: {ignored['reason']}")
+        for failed in result.summary()["failed"]:
+            console.print(f"{time.strftime('%H:%M:%S')} [red]left for retry[/red] {failed['key']}: {failed['reason']}")
+
+    console.print(f"[bold]videostudio intake sqs[/bold]: {queue_url} → {bucket}. Ctrl-C stops.")
+    stats = poll_sqs(runner, queue_url, client=sqs_client(region=region, endpoint_url=endpoint_url), stop=stop,
+                     wait_s=wait_s, once=once, on_result=report)
+    console.print(f"received {stats.received}, submitted {stats.submitted}, deleted {stats.deleted}, left {stats.left}")
+
+
 avatars_app = typer.Typer(help="Deployed avatars: list, deploy a finished train job, delete.", no_args_is_help=True)
 app.add_typer(avatars_app, name="avatars")
 
@@ -459,11 +539,6 @@ def avatars_delete(avatar_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
     except VideostudioError as exc:
         _fail(exc)
     console.print(f"deleted avatar {avatar_id}")
-
-
-from triggers.plan import plan_command  # noqa: E402  (videostudio plan: the VRAM planner)
-
-app.command("plan")(plan_command)
 
 
 def main() -> None:
