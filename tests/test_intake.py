@@ -317,3 +317,40 @@ def test_sqs_poller_submits_s3_notifications_and_deletes_only_what_it_handled(s3
     time.sleep(1.2)  # the visibility timeout: SQS delivers it again
     stats = poll_sqs(s3_runner, queue_url, client=client, wait_s=2, once=True)
     assert stats.received == 1 and stats.deleted == 1 and stats.submitted == 1
+
+
+# ------------------------------------------------------------------------------------------ wiring and the CLI
+def test_an_s3_bucket_keeps_its_queue_in_a_local_state_dir(moto_server, s3_env, tmp_path, monkeypatch):
+    from triggers.wiring import default_state_dir, open_runner
+
+    s3_env(moto_server)
+    bucket = moto_server.new_bucket("state")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    runner = open_runner(Settings(bucket=f"s3://{bucket}/p"))
+    expected = default_state_dir(f"s3://{bucket}/p")
+    assert expected.parent == tmp_path / "cache" / "videostudio" and (expected / "queue.sqlite3").exists()
+    assert default_state_dir(f"s3://{bucket}/q") != expected
+    explicit = open_runner(Settings(bucket=f"s3://{bucket}/p", state_dir=str(tmp_path / "mine")))
+    assert (tmp_path / "mine" / "queue.sqlite3").exists()
+    assert isinstance(runner.storage, S3Storage) and isinstance(explicit.storage, S3Storage)
+
+
+def test_intake_sqs_verb_polls_once(s3_runner, moto_server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from triggers import cli
+
+    sqs = moto_server.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"verb-{s3_runner.storage.bucket}")["QueueUrl"]
+    upload(s3_runner, "inbox/verb test.yaml", TINY_BRIEF.format(steps=2, seed=6))
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(samples.sns_envelope(samples.s3_notification(
+        samples.s3_record("inbox/verb+test.yaml", bucket=s3_runner.storage.bucket)))))
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(samples.S3_TEST_EVENT))
+    monkeypatch.setenv("VIDEOSTUDIO_STATE_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(cli.app, ["intake", "sqs", queue_url, "--bucket", f"s3://{s3_runner.storage.bucket}",
+                                          "--once", "--wait-s", "1", "--endpoint-url", moto_server.endpoint])
+    assert result.exit_code == 0, result.output
+    assert "ignored" in result.output and "test_event" in result.output
+    assert "received 2, submitted 1, deleted 2, left 0" in result.output
+    [manifest] = list(ManifestStore(s3_runner.storage).all())
+    assert manifest.input.key == "inbox/verb test.yaml" and manifest.input.source == "sns"
