@@ -158,6 +158,15 @@ class Runner:
         def take(m: JobManifest) -> None:
             if m.status.terminal:
                 raise JobCancelled(job_id)
+            # Checked again inside the compare-and-swap: a worker holding a duplicate of this message may have
+            # read the manifest just before another took the stage (or committed it).
+            current = m.stages[stage]
+            if current.status == StageStatus.succeeded:
+                raise _StageTaken(0.0)
+            if current.status == StageStatus.running and current.heartbeat_at is not None:
+                age = (utcnow() - current.heartbeat_at).total_seconds()
+                if age < self.settings.lease_s:
+                    raise _StageTaken(self.settings.lease_s - age + 0.1)
             record = set_stage_status(m, stage, StageStatus.running)
             record.attempts += 1
             record.started_at = started
@@ -171,6 +180,12 @@ class Runner:
             manifest = self.store.update(job_id, take)
         except JobCancelled:
             self.queue.ack(lease)
+            return
+        except _StageTaken as taken:
+            if taken.retry_in_s:  # alive elsewhere: look again once its heartbeat could have gone stale
+                self.queue.nack(lease, delay_s=taken.retry_in_s, error="stage running elsewhere")
+            else:  # committed meanwhile by another worker, which queued the next stage itself
+                self.queue.ack(lease)
             return
         attempt = manifest.stages[stage].attempts
         self._queue_webhook_event(manifest, "stage.started", stage=stage)
@@ -488,6 +503,14 @@ class Runner:
         log.info("%s %s", event, data)
         if self.on_event is not None:
             self.on_event(event, data)
+
+
+class _StageTaken(Exception):
+    """Raised inside the take's compare-and-swap: another worker holds (or has committed) the stage."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(retry_in_s)
+        self.retry_in_s = retry_in_s
 
 
 class _Heartbeat:

@@ -135,7 +135,7 @@ def test_worker_lost_repeatedly_ends_as_max_attempts_exceeded(tmp_path):
         with pytest.raises(SystemExit):
             runner._run_stage(lease, "a")
         runner.pipeline.stages["a"] = original
-        time.sleep(0.25)  # lease expires
+        time.sleep(0.55)  # the lease and the stage heartbeat (lease_s=0.5) both go stale
     drain(runner)
     manifest = runner.store.load(job_id)
     assert manifest.status.value == "failed"
