@@ -6,9 +6,9 @@ processes would have) on one bucket:
 - `folder`: `runner.submit(StorageEvent(source="folder"))`, what the folder watcher does;
 - `cli`: what `videostudio submit` does: copy the same bytes into inbox/ again, then submit;
 - `http`: `POST /briefs?name=…` through the FastAPI app (TestClient), same bytes and name;
+- `events`: `POST /events` with S3 event notifications (URL-encoded keys, batches of 1–3
+  records, sometimes the same record twice in one batch), as S3, MinIO or Ceph RGW send them;
 - `reconciler`: `InboxScanner.scan()` over the whole inbox, in a loop, on fresh scanners.
-
-There is no `POST /events` intake in triggers/api.py in this tree (see docs/reliability.md).
 
 Three worker threads (each its own `Runner`) and a reconcile loop run meanwhile, on a no-op
 pipeline that counts each stage invocation. Result: exactly 100 jobs, each stage run exactly
@@ -73,7 +73,7 @@ def _one_round(tmp_path: Path, seed: int) -> dict:
         (uploads / f"{name}.yaml").write_bytes(body)
 
     rng = random.Random(seed)
-    intakes = ["folder", "cli", "http"]
+    intakes = ["folder", "cli", "http", "events"]
     events = [(intakes[n % len(intakes)], f"in{n % INPUTS:03d}") for n in range(EVENTS)]
     rng.shuffle(events)
     per_intake: dict[str, list[str]] = {name: [] for name in intakes}
@@ -115,6 +115,34 @@ def _one_round(tmp_path: Path, seed: int) -> dict:
                     continue
                 note(response.json()["job_id"], response.status_code == 201, "http")
 
+    def events_intake(names: list[str]) -> None:
+        runner = _runner(bucket, pipeline)
+        local = random.Random(seed + 1)
+        with TestClient(create_app(runner.settings, runner=runner)) as client:
+            position = 0
+            while position < len(names):
+                batch = names[position:position + local.randint(1, 3)]
+                position += len(batch)
+                if local.random() < 0.2:
+                    batch = batch + batch[:1]  # the same record twice in one notification
+                records = [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                            "eventTime": "2026-11-25T00:00:00.000Z",
+                            "s3": {"bucket": {"name": runner.storage.name},
+                                   "object": {"key": f"inbox/{name}.yaml", "size": len(bodies[name])}}}
+                           for name in batch]
+                response = client.post("/events", json={"Records": records},
+                                       headers={"Authorization": f"Bearer {TOKEN}"})
+                if response.status_code != 200:
+                    errors.append(f"events {batch}: {response.status_code} {response.text}")
+                    continue
+                summary = response.json()
+                if summary.get("failed"):
+                    errors.append(f"events {batch}: {summary['failed']}")
+                for item in summary["submitted"]:
+                    note(item["job_id"], item["created"], "events")
+                with lock:
+                    outcomes["events:ignored_in_batch"] += len(summary["ignored"])
+
     stop_scanning = threading.Event()
     scans = [0]
 
@@ -138,15 +166,15 @@ def _one_round(tmp_path: Path, seed: int) -> dict:
     workers = [threading.Thread(target=work_until, args=(_runner(bucket, pipeline), stop_workers), name=f"worker-{n}")
                for n in range(WORKERS)]
     threads = [guarded(folder, per_intake["folder"]), guarded(cli, per_intake["cli"]),
-               guarded(http, per_intake["http"]), guarded(reconciler)]
+               guarded(http, per_intake["http"]), guarded(events_intake, per_intake["events"]), guarded(reconciler)]
     clock = time.monotonic()
     for thread in workers + threads:
         thread.start()
-    for thread in threads[:3]:
+    for thread in threads[:-1]:
         thread.join(timeout=300)
     intake_s = time.monotonic() - clock
     stop_scanning.set()
-    threads[3].join(timeout=60)
+    threads[-1].join(timeout=60)
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
