@@ -227,6 +227,18 @@ def test_fp8_static_fused_matmul_matches_the_dequantised_path():  # pragma: no c
     assert float((fused.float() - layer(x).float()).norm() / layer(x).float().norm()) < 0.01
 
 
+def test_pipeline_cache_is_keyed_by_method():
+    from functions.models.mochi import load_pipeline
+
+    int8 = load_pipeline("tiny", device_setting="cpu", method="int8")
+    assert load_pipeline("tiny", device_setting="cpu", method="int8") is int8
+    nf4 = load_pipeline("tiny", device_setting="cpu", method="nf4")
+    plain = load_pipeline("tiny", device_setting="cpu")
+    assert len({id(int8), id(nf4), id(plain)}) == 3
+    assert int8.quantization["method"] == "int8" and nf4.quantization["method"] == "nf4"
+    assert plain.quantization["method"] == "fp32" and plain.dtype == torch.float32
+
+
 # -- the tiny pipeline renders with every CPU-capable method ---------------------------------------
 def render_with(tmp_path, method: str):
     from test_render import render_in
