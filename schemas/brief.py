@@ -185,13 +185,23 @@ def _load_document(data: bytes, filename: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise VideostudioError("invalid_json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except (RecursionError, ValueError) as exc:  # nesting deeper than the parser's stack; an integer too long
+            raise VideostudioError("invalid_json", f"not valid JSON: {_unparsable(exc)}") from None
     try:
         return yaml.safe_load(text)
+    except (RecursionError, ValueError) as exc:
+        raise VideostudioError("invalid_yaml", f"not valid YAML: {_unparsable(exc)}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise VideostudioError("invalid_yaml", f"not valid YAML: {problem}{at}") from None
+
+
+def _unparsable(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0][:200]
 
 
 def _code_for(error: dict[str, Any]) -> str:

@@ -45,6 +45,9 @@ class InboxScanner:
             except VideostudioError as exc:
                 log.warning("cannot submit %s: %s", info.key, exc.message)
                 continue
+            except Exception:  # one poison input must never stop the scan of every input after it
+                log.exception("cannot submit %s", info.key)
+                continue
             self._known[info.key] = info.etag
             if was_created:
                 created.append(job_id)

@@ -56,6 +56,10 @@ def validate_key(key: str) -> str:
     """
     if not key or key.startswith("/") or not _SAFE_KEY.match(key):
         raise StorageError("invalid_key", f"invalid bucket key {key!r}")
+    try:
+        key.encode("utf-8")  # a file name that is not UTF-8 (read back with surrogate escapes) names no S3 key
+    except UnicodeEncodeError:
+        raise StorageError("invalid_key", f"bucket key {key!r} is not valid UTF-8") from None
     parts = key.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
         raise StorageError("invalid_key", f"invalid bucket key {key!r}")
