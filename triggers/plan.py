@@ -84,18 +84,20 @@ def print_plan(plan: Plan, model_id: str, what: str) -> None:
     train = plan.job == "train"
     table = Table(title=f"{model_id}: {what} on {plan.gpu.name} ({plan.gpu.gib:.1f} GiB)")
     table.add_column("method", no_wrap=True)
-    table.add_column("weights GiB\n(transformer + T5)", justify="right")
+    table.add_column("weights GiB\ntransf. + T5", justify="right", no_wrap=True)
     if train:
-        table.add_column("peak GiB", justify="right")
+        table.add_column("peak GiB", justify="right", no_wrap=True)
     else:
-        table.add_column("peak GiB\nall resident", justify="right")
-        table.add_column("peak GiB\nmodel offload", justify="right")
+        table.add_column("peak GiB\nresident", justify="right", no_wrap=True)
+        table.add_column("peak GiB\noffload", justify="right", no_wrap=True)
     table.add_column("fits", no_wrap=True)
+    notes: list[str] = []
     for row in plan.rows:
         weights = row.no_offload.weights["transformer"] + row.no_offload.weights["text_encoder"]
         fit = row.best_fit(plan.gpu.memory_bytes)
         if row.note:
-            verdict = f"[yellow]n/a[/yellow]: {row.note}"
+            notes.append(f"{row.method}: {row.note}")
+            verdict = "[yellow]n/a[/yellow] (see below)"
         elif fit is None:
             verdict = "[red]no[/red]"
         elif fit.offload == "none" or train:
@@ -106,7 +108,10 @@ def print_plan(plan: Plan, model_id: str, what: str) -> None:
         peaks = [gib(row.no_offload.peak_bytes)] if train else [gib(row.no_offload.peak_bytes), gib(row.offload.peak_bytes)]
         table.add_row(row.method + marker, gib(weights), *peaks, verdict)
     console.print(table)
-    console.print(f"fits = estimated peak + {RESERVE_BYTES / GiB:.0f} GiB reserve (CUDA context, allocator) ≤ GPU "
+    for note in notes:
+        console.print(f"[yellow]n/a[/yellow] {note}")
+    console.print(f"resident: all models on the GPU; offload: diffusers model CPU offload (one model at a time).\n"
+                  f"fits = estimated peak + {RESERVE_BYTES / GiB:.0f} GiB reserve (CUDA context, allocator) ≤ GPU "
                   "memory; VAE decode with tiling. Estimates, not measurements.")
     colour = "green" if plan.recommended else "red"
     label = "recommended" if plan.recommended else "none fits"
