@@ -541,6 +541,11 @@ def avatars_delete(avatar_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
     console.print(f"deleted avatar {avatar_id}")
 
 
+from triggers.plan import plan_command  # noqa: E402  (videostudio plan: the VRAM planner)
+
+app.command("plan")(plan_command)
+
+
 def main() -> None:
     app()
 
