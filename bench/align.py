@@ -1,0 +1,686 @@
+"""Align and prepare benchmark: our face detector vs naive MTCNN, and frame extraction vs the decode floor.
+
+One run measures, side by side, on a synthetic 1080p clip with a real face (the astronaut photo from
+scikit-image, moved, zoomed and rolled by a known transform, see tests/synthetic_video.py):
+
+1. **Align-stage detection.** N frames are sampled from the clip at `--sample-fps` and decoded to RGB
+   arrays in memory first, so decoding is in neither timing. Then:
+   (a) `functions.faces.TrackingDetector` (what the align stage uses), fed the frames in order;
+   (b) `functions.faces.NaiveDetector`: facenet-pytorch MTCNN with its default settings on every
+       full-resolution frame (on every `--naive-every`-th frame when that is > 1).
+   Reported: frames per second and the detection rate (frames with at least one face whose box
+   contains the true face centre, the midpoint of the true eye positions from
+   `synthetic_video.eyes_in_frame`), plus the eye-landmark error of the matching face as a share of
+   the true inter-ocular distance. Optionally (default on) the whole align stage function runs once
+   on the same frames written as prepare writes them (JPEG decode, tracking, alignment, crops, split).
+2. **Prepare vs the decode floor.** `ffmpeg -v error -i CLIP -f null -` against prepare's extraction
+   loop (`core.video.extract_frames` + `FrameFilter.add` + `finish`, the loop inside
+   `functions.prepare_video.prepare_training_video`) into a temp dir, at extract_fps = the source fps
+   and at 25. Each timing runs `--repeats` times; the median is reported. A breakdown then times the
+   pieces of extract_frames' ffmpeg command on their own (wall and CPU seconds), because on a small
+   machine the CPU work, not the wall clock of one piece, decides the ratio.
+
+This is a benchmark, not a test: it asserts nothing about timings.
+
+    .venv/bin/python bench/align.py                       # defaults: 20 s 1080p30 clip, 5 fps → 100 frames
+    .venv/bin/python bench/align.py --seconds 8 --naive-every 4 --repeats 1 --no-stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # synthetic_video
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import ffmpeg  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import synthetic_video  # noqa: E402
+from core.video import extract_frames, probe_video, write_mp4  # noqa: E402
+from functions.faces import Face, NaiveDetector, TrackingDetector  # noqa: E402
+from functions.frame_quality import FrameFilter  # noqa: E402
+
+OUT = REPO / "bench" / "out"
+DEFAULT_JSON = OUT / "align.json"
+CLIP_CRF = 20  # what synthetic_video.write_face_video uses
+DETECT_GOAL = 10.0  # the issue: align detection ≥ 10× the naive rate at an equal or better detection rate
+PREPARE_GOAL = 1.5  # the issue: prepare within 1.5× of the decode floor
+
+console = Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------ the clip
+def clip_path(args: argparse.Namespace) -> Path:
+    """Cache key: the clip's parameters plus a hash of the generator's source, so an edit regenerates it."""
+    source = (REPO / "tests" / "synthetic_video.py").read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:10]
+    return OUT / "clips" / (f"astronaut_{args.width}x{args.height}_{args.fps}fps_{args.seconds:g}s_"
+                            f"face{face_px(args):g}_crf{CLIP_CRF}_{digest}.mp4")
+
+
+def face_px(args: argparse.Namespace) -> float:
+    return 0.45 * args.height  # synthetic_video.render_face_frames' default
+
+
+def ensure_clip(args: argparse.Namespace, progress: Progress) -> tuple[Path, dict[str, Any]]:
+    path = clip_path(args)
+    if path.exists():
+        return path, {"cached": True, "generate_s": None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = int(round(args.seconds * args.fps))
+    task = progress.add_task(f"rendering {args.width}×{args.height} clip", total=total)
+
+    def frames():
+        for frame in synthetic_video.render_face_frames(args.seconds, args.fps, args.width, args.height,
+                                                        face_px=face_px(args)):
+            yield frame
+            progress.advance(task)
+
+    clock = time.perf_counter()
+    partial = path.with_name(path.stem + ".partial.mp4")
+    write_mp4(frames(), partial, fps=args.fps, crf=CLIP_CRF)  # frames are streamed: memory stays flat
+    os.replace(partial, path)
+    return path, {"cached": False, "generate_s": round(time.perf_counter() - clock, 2)}
+
+
+# ------------------------------------------------------------------------------------ detection
+def decode_sampled(clip: Path, width: int, height: int, sample_fps: float) -> list[np.ndarray]:
+    """The frames prepare would sample at `sample_fps` (same fps filter), as RGB arrays."""
+    out = (ffmpeg.input(str(clip)).video.filter("fps", fps=sample_fps)
+           .output("pipe:", format="rawvideo", pix_fmt="rgb24")
+           .global_args("-loglevel", "error", "-nostdin").run(capture_stdout=True))[0]
+    count = len(out) // (width * height * 3)
+    frames = np.frombuffer(out, np.uint8, count * width * height * 3).reshape(count, height, width, 3).copy()
+    return list(frames)  # writable views into one array
+
+
+def truth(n: int, sample_fps: float, width: int, height: int, fpx: float) -> list[np.ndarray]:
+    """True eye positions [2, 2] (image-left first) of the n-th sampled frame, at t = n / sample_fps."""
+    return [synthetic_video.eyes_in_frame(i / sample_fps, width, height, fpx) for i in range(n)]
+
+
+def judge(faces: list[Face], eyes: np.ndarray) -> tuple[bool, float | None]:
+    """Found: some box contains the true face centre. Error: mean eye-landmark error / inter-ocular distance."""
+    centre = eyes.mean(axis=0)
+    hits = [f for f in faces if f.box[0] <= centre[0] <= f.box[2] and f.box[1] <= centre[1] <= f.box[3]]
+    if not hits:
+        return False, None
+    face = max(hits, key=lambda f: f.score)
+    iod = float(np.linalg.norm(eyes[1] - eyes[0]))
+    error = float(np.linalg.norm(face.landmarks[:2] - eyes, axis=1).mean()) / iod
+    return True, error
+
+
+def score(found: list[tuple[bool, float | None]]) -> dict[str, Any]:
+    errors = [e for ok, e in found if ok and e is not None]
+    return {
+        "frames": len(found),
+        "detected": sum(ok for ok, _ in found),
+        "detection_rate": round(sum(ok for ok, _ in found) / len(found), 4) if found else None,
+        "eye_error_iod_median": round(statistics.median(errors), 4) if errors else None,
+        "eye_error_iod_p95": round(float(np.percentile(errors, 95)), 4) if errors else None,
+    }
+
+
+def cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def system_busy_s() -> float | None:
+    """CPU seconds all processes on the machine have used (from /proc/stat), to see what else was running."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def wait_quiet(max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 1.0) -> dict[str, Any] | None:
+    """Wait (at most `max_wait_s`) until other processes use under `threshold_cores` over a `window_s` window."""
+    if max_wait_s <= 0:
+        return None
+    start = time.perf_counter()
+    cores = None
+    while True:
+        with Meter() as m:
+            time.sleep(window_s)
+        cores = m.other_cores
+        waited = time.perf_counter() - start
+        if cores is None or cores < threshold_cores or waited >= max_wait_s:
+            return {"waited_s": round(waited, 1), "other_cores": None if cores is None else round(cores, 2),
+                    "quiet": cores is not None and cores < threshold_cores}
+
+
+QUIET = {"max_wait_s": 0.0, "waits": []}  # set from --wait-quiet; every wait is recorded in the JSON
+
+
+def settle(label: str) -> None:
+    """Before a timing: wait for the machine to go quiet, if --wait-quiet asks for it."""
+    waited = wait_quiet(QUIET["max_wait_s"])
+    if waited is not None:
+        QUIET["waits"].append({"before": label, **waited})
+
+
+class Meter:
+    """Wall, this process's CPU, its finished children's CPU (ffmpeg), and other processes' CPU over a block."""
+
+    def __enter__(self) -> "Meter":
+        self._start = (time.perf_counter(), cpu_self(), cpu_children(), system_busy_s())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, self0, child0, busy0 = self._start
+        self.wall_s = time.perf_counter() - wall0
+        self.python_cpu_s = cpu_self() - self0
+        self.ffmpeg_cpu_s = cpu_children() - child0
+        busy1 = system_busy_s()
+        other = None if busy0 is None or busy1 is None else busy1 - busy0 - self.python_cpu_s - self.ffmpeg_cpu_s
+        # other processes' CPU, in cores on average (jiffy rounding makes small negatives possible)
+        self.other_cores = None if other is None or self.wall_s <= 0 else max(0.0, other / self.wall_s)
+
+
+def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Progress, label: str) -> dict[str, Any]:
+    """One in-order pass of a fresh TrackingDetector, with per-call timings of its two kinds of MTCNN call."""
+    detector = TrackingDetector()
+    keyframe_s: list[float] = []
+    roi_s: list[float] = []
+    keyframe, search_near = detector._keyframe, detector._search_near
+
+    def timed_keyframe(frame):  # a perf_counter pair costs well under a microsecond
+        t = time.perf_counter()
+        try:
+            return keyframe(frame)
+        finally:
+            keyframe_s.append(time.perf_counter() - t)
+
+    def timed_search(frame, face):
+        t = time.perf_counter()
+        try:
+            return search_near(frame, face)
+        finally:
+            roi_s.append(time.perf_counter() - t)
+
+    detector._keyframe, detector._search_near = timed_keyframe, timed_search
+    task = progress.add_task(label, total=len(frames))
+    results, per_frame = [], []
+    settle(label)
+    with Meter() as m:
+        for frame in frames:
+            t = time.perf_counter()
+            results.append(detector.detect(frame))
+            per_frame.append(time.perf_counter() - t)
+            progress.advance(task)
+    found = [judge(faces, truth_eyes) for faces, truth_eyes in zip(results, eyes)]
+    return {
+        "seconds": round(m.wall_s, 3),
+        "cpu_s": round(m.python_cpu_s, 2),
+        "other_cores": None if m.other_cores is None else round(m.other_cores, 2),
+        "frames_per_s": round(len(frames) / m.wall_s, 3),
+        "ms_per_frame_median": round(1000 * statistics.median(per_frame), 2),
+        "found": found,
+        "keyframes": detector.keyframes,
+        "roi_searches": detector.roi_searches,
+        "keyframe_ms_median": round(1000 * statistics.median(keyframe_s), 2) if keyframe_s else None,
+        "roi_search_ms_median": round(1000 * statistics.median(roi_s), 2) if roi_s else None,
+        "keyframe_s_total": round(sum(keyframe_s), 3),
+        "roi_search_s_total": round(sum(roi_s), 3),
+    }
+
+
+def summarise_tracking(passes: list[dict[str, Any]], naive_every: int) -> dict[str, Any]:
+    """The pass with the median speed is reported in full; all passes' speeds are listed."""
+    ranked = sorted(passes, key=lambda p: p["frames_per_s"])
+    median = dict(ranked[len(ranked) // 2])
+    found = median.pop("found")
+    if any(p["found"] != passes[0]["found"] for p in passes):
+        median["note"] = "passes disagreed on detections"
+    return {**median, **score(found), "on_naive_subset": score(found[::naive_every]),
+            "passes": len(passes), "passes_frames_per_s": [p["frames_per_s"] for p in passes],
+            "passes_other_cores": [p["other_cores"] for p in passes]}
+
+
+def bench_naive(frames: list[np.ndarray], eyes: list[np.ndarray], naive_every: int,
+                progress: Progress) -> dict[str, Any]:
+    detector = NaiveDetector()
+    detector.detect(frames[0])  # warm-up
+    subset = list(range(0, len(frames), naive_every))
+    task = progress.add_task(f"NaiveDetector ({len(subset)} frames)", total=len(subset))
+    results, per_frame = [], []
+    settle("naive")
+    with Meter() as m:
+        for i in subset:
+            t = time.perf_counter()
+            results.append(detector.detect(frames[i]))
+            per_frame.append(time.perf_counter() - t)
+            progress.advance(task)
+    return {
+        "seconds": round(m.wall_s, 3),
+        "cpu_s": round(m.python_cpu_s, 2),
+        "other_cores": None if m.other_cores is None else round(m.other_cores, 2),
+        "frames_per_s": round(len(subset) / m.wall_s, 3),
+        "ms_per_frame_median": round(1000 * statistics.median(per_frame), 2),
+        "every": naive_every,
+        **score([judge(faces, eyes[i]) for faces, i in zip(results, subset)]),
+    }
+
+
+def bench_stage(clip: Path, sample_fps: float, workdir: Path, progress: Progress) -> dict[str, Any]:
+    """The align stage function once, on frames written by prepare's extraction at `sample_fps`."""
+    from core.settings import Settings
+    from core.stage import StageContext
+    from core.storage import LocalStorage
+    from functions.align import align
+    from schemas.dataset import FrameRecord
+    from schemas.manifest import InputRecord, JobManifest, StageRecord, Versions
+
+    info = probe_video(clip)
+    bucket = LocalStorage(workdir / "bucket")
+    quality, paths = FrameFilter(), {}
+    for frame in extract_frames(clip, workdir / "frames", fps=sample_fps, size=(info.width, info.height)):
+        quality.add(frame.index, frame.time_s, frame.thumbnail)
+        paths[frame.index] = frame.path
+    records = []
+    for verdict in quality.finish():
+        key = None
+        if verdict.reason is None:
+            key = f"jobs/bench/prepare/frames/{verdict.index:06d}.jpg"
+            bucket.put_file(key, paths[verdict.index], content_type="image/jpeg")
+        records.append(FrameRecord(index=verdict.index, time_s=round(verdict.time_s, 4), key=key,
+                                   mean_luma=verdict.mean_luma, sharpness=verdict.sharpness, dropped=verdict.reason))
+    frames_key = "jobs/bench/prepare/frames.jsonl"
+    bucket.put_bytes(frames_key, "".join(r.model_dump_json() + "\n" for r in records).encode())
+    manifest = JobManifest(job_id="bench", kind="train", input=InputRecord(key="uploads/clip.mp4"),
+                           request={"seed": 0}, versions=Versions(videostudio="bench", python=platform.python_version()),
+                           stages={"prepare": StageRecord(outputs={"frames": frames_key}), "align": StageRecord()})
+    kept = sum(1 for r in records if r.key)
+    task = progress.add_task(f"align stage ({kept} frames)", total=1.0)
+    scratch = workdir / "scratch"
+    scratch.mkdir()
+    ctx = StageContext(job_id="bench", stage="align", attempt=1, manifest=manifest, storage=bucket,
+                       settings=Settings(bucket=str(bucket.root), device="cpu", progress_interval_s=0.0),
+                       scratch=scratch, _progress=lambda f, *_: progress.update(task, completed=f),
+                       _cancel_requested=lambda: False)
+    settle("align stage")
+    with Meter() as meter:
+        result = align(ctx)
+    progress.update(task, completed=1.0)
+    elapsed = meter.wall_s
+    m = result.metrics
+    return {"seconds": round(elapsed, 3), "other_cores": None if meter.other_cores is None else round(meter.other_cores, 2),
+            "frames": m["frames"], "frames_per_s": round(m["frames"] / elapsed, 3),
+            "detect_s": m["detect_s"], "detect_frames_per_s": m["faces_per_s"],
+            "detection_rate": m["detection_rate"], "aligned": m["aligned"],
+            "alignment_success_rate": m["alignment_success_rate"], "keyframes": m["keyframes"],
+            "roi_searches": m["roi_searches"], "sampled": len(records)}
+
+
+# -------------------------------------------------------------------------------------- prepare
+def run_timed(fn) -> dict[str, Any]:
+    """Wall, own CPU, children's CPU (ffmpeg) and other processes' CPU of one call."""
+    with Meter() as m:
+        value = fn()
+    return {"wall_s": m.wall_s, "python_cpu_s": m.python_cpu_s, "ffmpeg_cpu_s": m.ffmpeg_cpu_s,
+            "other_cores": m.other_cores, "value": value}
+
+
+def floor(clip: Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "null", "-"], check=True,
+                   stdin=subprocess.DEVNULL)
+
+
+def prepare_loop(clip: Path, size: tuple[int, int], fps: float, out_dir: Path) -> dict[str, Any]:
+    """What prepare_training_video's step 2 does (minus progress reporting)."""
+    quality = FrameFilter()
+    paths: dict[int, Path] = {}
+    add_s = 0.0
+    for frame in extract_frames(clip, out_dir, fps=fps, size=size):
+        t = time.perf_counter()
+        quality.add(frame.index, frame.time_s, frame.thumbnail)
+        paths[frame.index] = frame.path
+        add_s += time.perf_counter() - t
+    t = time.perf_counter()
+    quality.finish()
+    add_s += time.perf_counter() - t
+    files = sorted(out_dir.glob("*.jpg"))
+    return {**quality.counts(), "files": len(files), "jpeg_bytes": sum(f.stat().st_size for f in files),
+            "python_checks_s": add_s}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    walls = [r["wall_s"] for r in runs]
+    return {"median_s": round(statistics.median(walls), 3), "min_s": round(min(walls), 3),
+            "max_s": round(max(walls), 3), "runs_s": [round(w, 3) for w in walls],
+            "ffmpeg_cpu_s_median": round(statistics.median(r["ffmpeg_cpu_s"] for r in runs), 2),
+            "python_cpu_s_median": round(statistics.median(r["python_cpu_s"] for r in runs), 2),
+            "other_cores_median": other_median(runs)}
+
+
+def other_median(runs: list[dict[str, Any]]) -> float | None:
+    values = [r["other_cores"] for r in runs if r.get("other_cores") is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def bench_prepare(clip: Path, info, fps_values: list[float], repeats: int, workdir: Path,
+                  progress: Progress) -> dict[str, Any]:
+    size = (info.width, info.height)
+    task = progress.add_task("prepare vs decode floor", total=repeats * (1 + len(fps_values)))
+    floor_runs: list[dict[str, Any]] = []
+    prep_runs: dict[float, list[dict[str, Any]]] = {f: [] for f in fps_values}
+    for _ in range(repeats):  # interleaved, so a burst of load elsewhere hits every variant alike
+        settle("floor")
+        floor_runs.append(run_timed(lambda: floor(clip)))
+        progress.advance(task)
+        for fps in fps_values:
+            out_dir = workdir / f"prepare_{fps:g}"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            settle(f"prepare {fps:g}")
+            prep_runs[fps].append(run_timed(lambda: prepare_loop(clip, size, fps, out_dir)))
+            shutil.rmtree(out_dir, ignore_errors=True)
+            progress.advance(task)
+    result: dict[str, Any] = {"floor": summarise(floor_runs), "prepare": []}
+    for fps in fps_values:
+        runs = prep_runs[fps]
+        last = runs[-1]["value"]
+        entry = {"extract_fps": fps, **summarise(runs),
+                 "python_checks_s_median": round(statistics.median(r["value"]["python_checks_s"] for r in runs), 3),
+                 "frames": last["total"], "kept": last["kept"], "files": last["files"],
+                 "jpeg_mb": round(last["jpeg_bytes"] / 1e6, 1)}
+        entry["ratio_to_floor"] = round(entry["median_s"] / result["floor"]["median_s"], 2)
+        result["prepare"].append(entry)
+    return result
+
+
+def extract_pieces(clip: Path, info, fps: float, out_dir: Path) -> list[tuple[str, list[str], bool]]:
+    """extract_frames' ffmpeg command (built the same way) and its pieces on their own."""
+    width, height = info.width, info.height
+    thumb_w = min(256, width) // 2 * 2
+    thumb_h = max(2, round(height * thumb_w / width) // 2 * 2)
+    pattern = str(out_dir / "%06d.jpg")
+
+    def args(stream) -> list[str]:  # global options first: after a "-" output ffmpeg would treat them as trailing
+        return ["ffmpeg", "-loglevel", "error", "-nostdin", *stream.get_args()]
+
+    src = ffmpeg.input(str(clip)).video
+    sampled = src.filter("fps", fps=fps).split()
+    full = sampled[0].output(pattern, start_number=0, **{"q:v": 2})
+    small = sampled[1].filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
+    return [
+        ("decode only (the floor)", ["ffmpeg", "-v", "error", "-nostdin", "-i", str(clip), "-f", "null", "-"], False),
+        ("+ fps filter + yuv420p→yuvj420p (the conversion mjpeg needs)",
+         args(src.filter("fps", fps=fps).filter("format", "yuvj420p").output("-", format="null")), False),
+        ("+ fps + 256-px gray thumbnails → rawvideo pipe",
+         args(src.filter("fps", fps=fps).filter("scale", thumb_w, thumb_h)
+              .output("pipe:", format="rawvideo", pix_fmt="gray")), False),
+        ("+ fps + mjpeg q:v 2, encoded but not written",
+         args(src.filter("fps", fps=fps).output("-", format="null", vcodec="mjpeg", **{"q:v": 2})), False),
+        ("+ fps + mjpeg q:v 2 → JPEG files", args(src.filter("fps", fps=fps).output(pattern, start_number=0,
+                                                                                      **{"q:v": 2})), True),
+        ("extract_frames' whole command (pipe → /dev/null)", args(ffmpeg.merge_outputs(full, small)), True),
+    ]
+
+
+def bench_breakdown(clip: Path, info, fps: float, repeats: int, workdir: Path, progress: Progress) -> list[dict]:
+    out_dir = workdir / "breakdown"
+    pieces = extract_pieces(clip, info, fps, out_dir)
+    task = progress.add_task(f"breakdown at {fps:g} fps", total=len(pieces) * repeats)
+    results = []
+    for label, cmd, writes in pieces:
+        runs = []
+        for _ in range(repeats):
+            shutil.rmtree(out_dir, ignore_errors=True)
+            out_dir.mkdir(parents=True)
+            settle(label)
+            runs.append(run_timed(lambda: subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL,
+                                                         stdout=subprocess.DEVNULL)))
+            progress.advance(task)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        s = summarise(runs)
+        results.append({"piece": label, "wall_s_median": s["median_s"], "ffmpeg_cpu_s_median": s["ffmpeg_cpu_s_median"],
+                        "other_cores_median": s["other_cores_median"],
+                        "writes_files": writes, "command": " ".join(cmd).replace(str(clip), "CLIP")
+                        .replace(str(out_dir), "OUT")})
+    return results
+
+
+# ------------------------------------------------------------------------------------------ report
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ffmpeg_version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    import cv2
+    import facenet_pytorch  # noqa: F401
+    from importlib.metadata import version
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda_available": torch.cuda.is_available(), "opencv": cv2.__version__,
+            "facenet_pytorch": version("facenet-pytorch"), "ffmpeg": ffmpeg_version,
+            "loadavg_start": os.getloadavg()}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _other(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def render(results: dict[str, Any]) -> None:
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    d = results.get("detection")
+    if d:
+        t, n = d["tracking"], d["naive"]
+        title = (f"Face detection on {d['frames']} frames ({d['width']}×{d['height']}, sampled at {d['sample_fps']:g} fps "
+                 f"from a {d['seconds']:g} s clip), torch threads {results['machine']['torch_threads']}")
+        table = Table(title=title)
+        for col in ("detector", "frames timed", "frames/s", "ms/frame (median)", "detection rate",
+                    "eye error / IOD (median, p95)", "other CPU (cores)"):
+            table.add_column(col, justify="left" if col == "detector" else "right")
+
+        def err(s):
+            return "–" if s["eye_error_iod_median"] is None else f"{s['eye_error_iod_median']:.3f}, {s['eye_error_iod_p95']:.3f}"
+
+        table.add_row(f"TrackingDetector (ours), median of {t['passes']} passes", str(t["frames"]),
+                      f"{t['frames_per_s']:.2f}", f"{t['ms_per_frame_median']:.0f}", f"{t['detection_rate']:.1%}", err(t),
+                      _other(t["other_cores"]))
+        if n["every"] > 1:
+            s = t["on_naive_subset"]
+            table.add_row(f"  ↳ same, scored on naive's every-{n['every']} subset", str(s["frames"]), "", "",
+                          f"{s['detection_rate']:.1%}", err(s), "")
+        table.add_row("NaiveDetector (MTCNN, full res)" + (f", every {n['every']}th frame" if n["every"] > 1 else ""),
+                      str(n["frames"]), f"{n['frames_per_s']:.3f}", f"{n['ms_per_frame_median']:.0f}",
+                      f"{n['detection_rate']:.1%}", err(n), _other(n["other_cores"]))
+        st = d.get("stage")
+        if st:
+            table.add_row("align stage function (whole stage)", str(st["frames"]), f"{st['frames_per_s']:.2f}", "",
+                          f"{st['detection_rate']:.1%} (main track)", "", _other(st["other_cores"]))
+            table.add_row("  ↳ its detect loop (JPEG decode + tracking)", str(st["frames"]),
+                          f"{st['detect_frames_per_s']:.2f}", "", "", "", "")
+        out.print(table)
+        out.print(f"  speed-up (tracking / naive frames/s): {d['speedup']:.1f}× (goal ≥ {DETECT_GOAL:g}×); "
+                  f"detection rate {t['detection_rate']:.1%} vs {n['detection_rate']:.1%}")
+        out.print(f"  tracking passes: {', '.join(f'{x:.2f}' for x in t['passes_frames_per_s'])} frames/s "
+                  f"(other CPU {', '.join(_other(x) for x in t['passes_other_cores'])} cores)")
+        out.print(f"  tracking (median pass): {t['keyframes']} keyframes ({t['keyframe_ms_median']} ms median, "
+                  f"{t['keyframe_s_total']} s total), {t['roi_searches']} ROI searches "
+                  f"({t['roi_search_ms_median']} ms median, {t['roi_search_s_total']} s total)")
+    p = results.get("prepare")
+    if p:
+        table = Table(title=f"Prepare vs decode floor, {results['clip']['width']}×{results['clip']['height']} "
+                            f"{results['clip']['fps']:g} fps, {results['clip']['seconds']:g} s "
+                            f"(median of {results['args']['repeats']})")
+        for col in ("path", "median s", "min–max s", "ffmpeg CPU s", "python CPU s", "frames (kept)", "× floor",
+                    "other CPU (cores)"):
+            table.add_column(col, justify="left" if col == "path" else "right")
+        f = p["floor"]
+        table.add_row("ffmpeg -v error -i CLIP -f null -", f"{f['median_s']:.2f}", f"{f['min_s']:.2f}–{f['max_s']:.2f}",
+                      f"{f['ffmpeg_cpu_s_median']:.1f}", "", "", "1.00", _other(f["other_cores_median"]))
+        for e in p["prepare"]:
+            table.add_row(f"prepare loop, extract_fps {e['extract_fps']:g}", f"{e['median_s']:.2f}",
+                          f"{e['min_s']:.2f}–{e['max_s']:.2f}", f"{e['ffmpeg_cpu_s_median']:.1f}",
+                          f"{e['python_cpu_s_median']:.1f}", f"{e['frames']} ({e['kept']})", f"{e['ratio_to_floor']:.2f}",
+                          _other(e["other_cores_median"]))
+        out.print(table)
+        out.print(f"  goal: prepare ≤ {PREPARE_GOAL:g}× the floor; Python-side checks (FrameFilter.add + finish): "
+                  + ", ".join(f"{e['python_checks_s_median']:.2f} s at {e['extract_fps']:g} fps" for e in p["prepare"]))
+    b = results.get("breakdown")
+    if b:
+        table = Table(title=f"Where extract_frames' time goes (ffmpeg alone, extract_fps {results['breakdown_fps']:g}, "
+                            f"median of {results['args']['breakdown_repeats']})")
+        for col in ("piece", "wall s", "ffmpeg CPU s", "other CPU (cores)"):
+            table.add_column(col, justify="left" if col == "piece" else "right")
+        for r in b:
+            table.add_row(r["piece"], f"{r['wall_s_median']:.2f}", f"{r['ffmpeg_cpu_s_median']:.1f}",
+                          _other(r["other_cores_median"]))
+        out.print(table)
+    m = results["machine"]
+    out.print(f"  load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])}, "
+              f"at end {'/'.join(f'{x:.2f}' for x in m['loadavg_end'])}; {m['cpus']} CPUs; "
+              f"torch {m['torch']} with {m['torch_threads']} threads; cuda available: {m['cuda_available']}")
+    out.print("  'other CPU' = CPU time used by other processes on the machine during that timing, in cores on average")
+    waits = results.get("quiet_waits")
+    if waits:
+        loud = [w for w in waits if not w["quiet"]]
+        out.print(f"  --wait-quiet: {len(waits)} waits, {sum(w['waited_s'] for w in waits):.0f} s in all; "
+                  f"{len(loud)} timed out with other processes still busy")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="clip length")
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--fps", type=int, default=30, help="the clip's frame rate")
+    parser.add_argument("--sample-fps", type=float, default=5.0, help="frames sampled for the detection comparison")
+    parser.add_argument("--naive-every", type=int, default=1,
+                        help="time the naive detector on every n-th sampled frame only (it is slow)")
+    parser.add_argument("--prepare-fps", type=float, nargs="+", default=None,
+                        help="extract_fps values for the prepare timing (default: the clip's fps and 25)")
+    parser.add_argument("--tracking-passes", type=int, default=3,
+                        help="in-order passes of the tracking detector (the median one is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each prepare/floor timing (median reported)")
+    parser.add_argument("--breakdown-repeats", type=int, default=1, help="runs of each breakdown piece; 0 skips it")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="before each timing, wait up to S seconds for other processes to use < 0.25 cores "
+                             "(for shared machines; 0 = don't wait)")
+    parser.add_argument("--no-stage", action="store_true", help="skip the whole-align-stage run")
+    parser.add_argument("--skip-detection", action="store_true")
+    parser.add_argument("--skip-prepare", action="store_true")
+    parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    if args.naive_every < 1 or args.repeats < 1 or args.tracking_passes < 1 or args.seconds <= 0 or args.sample_fps <= 0:
+        parser.error("--naive-every, --tracking-passes and --repeats must be ≥ 1; --seconds and --sample-fps > 0")
+    if args.prepare_fps is None:
+        args.prepare_fps = [float(args.fps)] + ([25.0] if args.fps != 25 else [])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    results: dict[str, Any] = {
+        "benchmark": "align",
+        "command": " ".join([sys.executable.replace(str(REPO) + "/", ""), *sys.argv]) if argv is None else "main(...)",
+        "date": started.isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": machine_info(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    console.print(f"torch.get_num_threads() = {torch.get_num_threads()}")
+    QUIET["max_wait_s"] = args.wait_quiet
+    workdir = Path(tempfile.mkdtemp(prefix="vs-bench-align-"))
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            clip, made = ensure_clip(args, progress)
+            info = probe_video(clip)
+            results["clip"] = {"path": str(clip.relative_to(REPO)), "width": info.width, "height": info.height,
+                               "fps": info.fps, "seconds": info.duration_s, "codec": info.codec,
+                               "bytes": clip.stat().st_size, "face_px": face_px(args), **made}
+            if not args.skip_detection:
+                clock = time.perf_counter()
+                frames = decode_sampled(clip, info.width, info.height, args.sample_fps)
+                decode_s = time.perf_counter() - clock
+                eyes = truth(len(frames), args.sample_fps, info.width, info.height, face_px(args))
+                TrackingDetector().detect(frames[0])  # warm-up (torch's first calls), on a throwaway instance
+                # tracking passes before and after the naive one, so a burst of load elsewhere shows as spread
+                passes = [tracking_pass(frames, eyes, progress, "TrackingDetector, pass 1")]
+                naive = bench_naive(frames, eyes, args.naive_every, progress)
+                passes += [tracking_pass(frames, eyes, progress, f"TrackingDetector, pass {i + 2}")
+                           for i in range(args.tracking_passes - 1)]
+                tracking = summarise_tracking(passes, args.naive_every)
+                results["detection"] = {
+                    "frames": len(frames), "width": info.width, "height": info.height, "sample_fps": args.sample_fps,
+                    "seconds": info.duration_s, "decode_s_untimed": round(decode_s, 2),
+                    "tracking": tracking, "naive": naive,
+                    "speedup": round(tracking["frames_per_s"] / naive["frames_per_s"], 2),
+                    "goal_speedup": DETECT_GOAL,
+                }
+                del frames
+                if not args.no_stage:
+                    stage_dir = workdir / "stage"
+                    stage_dir.mkdir()
+                    results["detection"]["stage"] = bench_stage(clip, args.sample_fps, stage_dir, progress)
+                    shutil.rmtree(stage_dir, ignore_errors=True)
+            if not args.skip_prepare:
+                results["prepare"] = bench_prepare(clip, info, args.prepare_fps, args.repeats, workdir, progress)
+                results["prepare"]["goal_ratio"] = PREPARE_GOAL
+                if args.breakdown_repeats > 0:
+                    results["breakdown_fps"] = args.prepare_fps[0]
+                    results["breakdown"] = bench_breakdown(clip, info, args.prepare_fps[0], args.breakdown_repeats,
+                                                           workdir, progress)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    if QUIET["waits"]:
+        results["quiet_waits"] = QUIET["waits"]
+    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+
+    render(results)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {args.json_out} ({results['wall_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
