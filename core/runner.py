@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +385,9 @@ class Runner:
         stale_after = timedelta(seconds=self.settings.lease_s)
         for manifest in self.store.all():
             job_id = manifest.job_id
+            for event, stage_name in self._missing_webhook_events(manifest):
+                self._queue_webhook_event(manifest, event, stage=stage_name)
+                requeued.append(f"{job_id}:{event}")
             for delivery in manifest.webhooks:
                 if delivery.status == "pending" and self.queue.pending(job_id) == 0:
                     if self.queue.put(TaskMessage(job_id=job_id, action="webhook", webhook_id=delivery.webhook_id)):
@@ -408,13 +411,37 @@ class Runner:
         return requeued
 
     # ------------------------------------------------------------------ webhooks
+    @staticmethod
+    def _webhook_id(manifest: JobManifest, event: str, stage: str | None, url: str) -> str:
+        run = f":retry{len(manifest.retries)}" if manifest.retries else ""  # each explicit retry is a new run
+        return webhooks.webhook_id(manifest.job_id, f"{event}:{stage or ''}{run}", url)
+
+    def _missing_webhook_events(self, manifest: JobManifest) -> list[tuple[str, str | None]]:
+        """Events that committed state implies but nobody queued: a worker died between the commit and the queueing.
+
+        A stage's `succeeded`/`failed` (of the current run) and the job's terminal event; each is queued under
+        its usual id, so one that was queued after all is never sent twice.
+        """
+        spec = (manifest.request or {}).get("webhook")
+        if not spec:
+            return []
+        since = datetime.fromisoformat(manifest.retries[-1]["at"]) if manifest.retries else None
+        due: list[tuple[str, str | None]] = [
+            (f"stage.{record.status.value}", name) for name, record in manifest.stages.items()
+            if record.status in (StageStatus.succeeded, StageStatus.failed)
+            and (since is None or (record.finished_at is not None and record.finished_at >= since))]
+        if manifest.status.terminal:
+            due.append((f"job.{manifest.status.value}", None))
+        known = {d.webhook_id for d in manifest.webhooks}
+        return [(event, stage) for event, stage in due if event in spec.get("events", [])
+                and self._webhook_id(manifest, event, stage, spec["url"]) not in known]
+
     def _queue_webhook_event(self, manifest: JobManifest, event: str, *, stage: str | None = None) -> None:
         spec = (manifest.request or {}).get("webhook")
         if not spec or event not in spec.get("events", []):
             return
         url = spec["url"]
-        run = f":retry{len(manifest.retries)}" if manifest.retries else ""  # each explicit retry is a new run
-        msg_id = webhooks.webhook_id(manifest.job_id, f"{event}:{stage or ''}{run}", url)
+        msg_id = self._webhook_id(manifest, event, stage, url)
         record = manifest.stages.get(stage) if stage else None
         outputs = record.outputs if record else manifest.outputs
         payload = WebhookPayload(

@@ -5,8 +5,9 @@ environment variable, `VS_FAULT` (JSON):
 
 - `{"kill": {"stage": "render", "at": 17}}`: SIGKILL this process (kill -9: no handler,
   no cleanup, no flush) at the 17th *event* while stage `render` is in flight. Events are
-  every storage write or delete, every queue put/ack/nack/extend and every progress report,
-  counted from the moment the runner takes the stage message until it acks it: the kill can
+  every storage write or delete, every queue put/ack/nack/extend and every progress report made
+  by the worker thread (not the heartbeat thread, whose timing varies from run to run), counted
+  from the moment the runner takes the stage message until it acks it: the kill can
   land before the stage starts, in the middle of its outputs, between its stage manifest and
   the job manifest (the commit marker), or between the commit and the next stage's message.
 - `{"count": "/path/counts.json"}`: kill nothing; after each stage window, record how many
@@ -36,7 +37,7 @@ from core.storage.local import LocalStorage  # noqa: E402
 
 PLAN = json.loads(os.environ.get("VS_FAULT") or "{}")
 _lock = threading.Lock()
-_window: dict[str, object] = {"stage": None, "events": 0}
+_window: dict[str, object] = {"stage": None, "events": 0, "thread": None}
 
 
 def _die() -> None:
@@ -46,7 +47,7 @@ def _die() -> None:
 def _event() -> None:
     kill = PLAN.get("kill")
     with _lock:
-        if _window["stage"] is None:
+        if _window["stage"] is None or _window["thread"] != threading.get_ident():
             return
         _window["events"] += 1  # type: ignore[operator]
         hit = kill and _window["stage"] == kill["stage"] and _window["events"] == int(kill["at"])
@@ -75,7 +76,7 @@ _original_run_stage = Runner._run_stage
 
 def _run_stage(self: Runner, lease, stage: str) -> None:
     with _lock:
-        _window.update(stage=stage, events=0)
+        _window.update(stage=stage, events=0, thread=threading.get_ident())
     try:
         _original_run_stage(self, lease, stage)
     finally:

@@ -195,3 +195,62 @@ def test_webhook_receivers_down_slow_failing_limited_gone(tmp_path: Path):
                         "timeout_s": TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "retry_after_s": RETRY_AFTER_S,
                         "requests_received": len(receiver.hits), "behaviours": json.loads(json.dumps(figures)),
                         "backoffs": backoffs, "wall_s": round(time.monotonic() - clock, 1)})
+
+
+class _Killed(BaseException):
+    """Like SIGKILL: nothing in the runner handles it."""
+
+
+def test_a_crash_between_the_commit_and_queueing_its_webhook_loses_no_event(tmp_path: Path, webhook_receiver):
+    """Killed right after a stage's commit marker (or the job's last one), before its webhook was queued:
+    the next worker's reconcile pass queues the events that the committed state implies, once each."""
+    url = webhook_receiver.url
+    events = ["job.succeeded", "job.failed", "stage.started", "stage.succeeded", "stage.failed"]
+
+    def first(ctx: StageContext) -> StageResult:
+        return StageResult(request={"webhook": {"url": url, "events": events}})
+
+    def second(ctx: StageContext) -> StageResult:
+        return StageResult(outputs={"out": ctx.put_output_bytes("out.txt", b"x")})
+
+    storage = LocalStorage(tmp_path / "bucket")
+    runner = Runner(storage, SqliteQueue(storage.state_dir / "queue.sqlite3", max_attempts=20),
+                    Pipeline(routes={"job": ["a", "b"]}, stages={"a": first, "b": second}, classify=lambda s, k: "job"),
+                    Settings(bucket=str(storage.root), webhook_secret=TEST_SECRET, lease_s=0.3,
+                             webhook_backoff_base_s=0.0))
+    storage.put_bytes("inbox/x.txt", b"x")
+    job_id, _ = runner.submit(StorageEvent(bucket=storage.name, key="inbox/x.txt"))
+    queue_event = runner._queue_webhook_event
+
+    def dies_before(event: str):
+        def hook(manifest, name, *, stage=None):
+            if name == event:
+                raise _Killed
+            return queue_event(manifest, name, stage=stage)
+        return hook
+
+    for event in ("stage.succeeded", "job.succeeded"):  # killed after stage a's commit, then after the job's
+        runner._queue_webhook_event = dies_before(event)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                runner.work_once() or time.sleep(0.01)
+            raise AssertionError(f"never reached {event}")
+        except _Killed:
+            pass
+        time.sleep(0.35)  # the dead worker's lease and heartbeat go stale
+        runner._queue_webhook_event = queue_event
+        runner.reconcile()  # what a restarted `videostudio up` does first
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (runner.work_once() or runner.queue.pending()):
+        time.sleep(0.01)
+    manifest = runner.store.load(job_id)
+    assert manifest.status.value == "succeeded"
+    got = sorted((d.event, d.status) for d in manifest.webhooks)
+    assert got == sorted([("stage.started", "delivered"), ("stage.succeeded", "delivered"),
+                          ("stage.succeeded", "delivered"), ("job.succeeded", "delivered")]), got
+    received = [Webhook(TEST_SECRET).verify(h.body, h.headers) for h in webhook_receiver.received]
+    assert sorted((r["type"], r["data"]["stage"]) for r in received) == sorted(
+        [("stage.started", "b"), ("stage.succeeded", "a"), ("stage.succeeded", "b"), ("job.succeeded", None)])
+    runner.reconcile()  # nothing more to repair: no duplicates
+    assert len(runner.store.load(job_id).webhooks) == 4
