@@ -37,7 +37,7 @@ EVENTS_SECRET = "events-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UPLOAD_LIMIT = 200_000
 MAX_EXAMPLES = full(25, 200)
-MAX_TIME_S = full(35, 400)  # the API's operations with the API token; POST /events gets a third of it
+MAX_TIME_S = full(24, 300)  # the API's operations with the API token; POST /events gets a third of it
 
 
 def _free_port() -> int:
