@@ -36,7 +36,7 @@ TRAIN = """\
 kind: train
 avatar: {avatar}
 video: {video}
-extract_fps: 1
+extract_fps: {fps}
 resolution: 32
 clip_frames: 1
 epochs: 1
@@ -66,8 +66,8 @@ class Case:
     video: str | None = None  # a generated video (fixture key) the train brief points at
 
 
-def _train(avatar: str, video: str) -> str:
-    return TRAIN.format(avatar=avatar, video=video)
+def _train(avatar: str, video: str, fps: int = 1) -> str:
+    return TRAIN.format(avatar=avatar, video=video, fps=fps)
 
 
 CORPUS: list[Case] = [
@@ -113,7 +113,7 @@ CORPUS: list[Case] = [
          video="tenbit.mp4"),
     Case("rotated.yaml", _train("rotated", "uploads/rotated.mp4"), "succeeded",
          "stored sideways with rotation metadata", video="rotated.mp4"),
-    Case("two-faces.yaml", _train("twofaces", "uploads/two-faces.mp4"), "succeeded",
+    Case("two-faces.yaml", _train("twofaces", "uploads/two-faces.mp4", fps=5), "succeeded",
          "two faces; the main one present throughout", video="two-faces.mp4"),
     Case("eight-k.yaml", _train("eightk", "uploads/8k.mp4"), "resolution_too_high", "7680×4320 (8K)",
          video="8k.mp4"),
@@ -227,6 +227,8 @@ def test_bad_input_corpus_through_one_worker(tmp_path, up_process, videos):
     for name in ("hevc", "tenbit", "rotated", "two-faces"):  # one subject's faces, upright once autorotated
         align = by_name[f"{name}.yaml"]["stages"]["align"]["metrics"]
         assert align["aligned"] >= 10 and align["alignment_success_rate"] >= 0.9, (name, align)
+    # The persistent face is the subject: the second one is in only 40 % of the frames.
+    assert by_name["two-faces.yaml"]["stages"]["align"]["metrics"]["detection_rate"] >= 0.9
 
     # The worker keeps serving: nothing crashed it, nothing was an internal error, and a new brief still runs.
     assert proc.poll() is None, read_log(proc)
@@ -239,3 +241,30 @@ def test_bad_input_corpus_through_one_worker(tmp_path, up_process, videos):
     assert proc.poll() is None
     record("corpus", {"cases": results, "not_utf8_name": "skipped (invalid_key), other inputs unaffected",
                       "wall_s": round(time.monotonic() - clock, 1)})
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (docs/reliability.md): at extract_fps 1 the moving main face's "
+                   "track breaks into pieces and the longest track is the second, static face")
+def test_at_one_frame_per_second_the_persistent_face_is_still_the_subject(videos, tmp_path):
+    from core.queue import SqliteQueue
+    from core.runner import Runner
+    from core.settings import Settings
+    from core.stage import Pipeline
+    from core.storage import LocalStorage
+    from functions.routes import default_pipeline
+    from schemas.events import StorageEvent
+
+    storage = LocalStorage(tmp_path / "bucket")
+    storage.put_file("uploads/two-faces.mp4", videos["two-faces.mp4"])
+    pipeline = default_pipeline()
+    pipeline = Pipeline(routes={**pipeline.routes, "train": ["prepare", "align"]}, stages=pipeline.stages,
+                        classify=pipeline.classify)
+    runner = Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), pipeline, Settings(bucket=str(storage.root)))
+    storage.put_bytes("inbox/t.yaml", _train("t", "uploads/two-faces.mp4", fps=1).encode())
+    job_id, _ = runner.submit(StorageEvent(bucket=storage.name, key="inbox/t.yaml"))
+    while runner.work_once(job_id=job_id):
+        pass
+    manifest = runner.store.load(job_id)
+    records = [json.loads(line) for line in storage.get_bytes(manifest.stages["align"].outputs["metadata"]).splitlines()]
+    # The main face drifts around the centre (box left edge ≥ ~70 px); the second sits at the left (~38 px).
+    assert min(r["box"][0] for r in records) > 60, [round(r["box"][0]) for r in records]
