@@ -283,6 +283,11 @@ class Runner:
     # ------------------------------------------------------------------ terminal states
     def _fail(self, job_id: str, stage: str, error: ErrorInfo, *, seconds: float = 0.0) -> None:
         finished = utcnow()
+        # The stage's own manifest first: the job manifest is the commit marker and is written last.
+        before = self.store.load(job_id).stages[stage]
+        self.store.write_stage_manifest(StageManifest(
+            job_id=job_id, stage=stage, status=StageStatus.failed, attempt=before.attempts,
+            started_at=before.started_at or finished, finished_at=finished, error=error))
 
         def fail(m: JobManifest) -> None:
             record = m.stages[stage]
@@ -299,10 +304,6 @@ class Runner:
             m.error = error
 
         manifest = self.store.update(job_id, fail)
-        record = manifest.stages[stage]
-        self.store.write_stage_manifest(StageManifest(
-            job_id=job_id, stage=stage, status=StageStatus.failed, attempt=record.attempts,
-            started_at=record.started_at or finished, finished_at=finished, error=error))
         self._queue_webhook_event(manifest, "stage.failed", stage=stage)
         self._queue_webhook_event(manifest, "job.failed")
         self._emit("job.finished", job_id=job_id, status="failed", error=error.model_dump())
