@@ -11,7 +11,9 @@ environment variable, `VS_FAULT` (JSON):
   land before the stage starts, in the middle of its outputs, between its stage manifest and
   the job manifest (the commit marker), or between the commit and the next stage's message.
 - `{"count": "/path/counts.json"}`: kill nothing; after each stage window, record how many
-  events it had (`{stage: [n, ...]}`), so a test can pick kill points inside a stage.
+  events it had and how many came before the commit phase began (`{stage: [[n, commit_at], ...]}`;
+  the commit phase writes the stage manifest, then the job manifest, queues webhooks and the next
+  stage, and acks), so a test can pick kill points before and inside the commit phase.
 - `{"poison": {"stage": "render", "mode": "kill" | "raise", "unless": "fixed"}}`: every
   attempt of that stage dies (SIGKILL) or raises `RuntimeError`, until the bucket holds the
   key named by `unless`: a poison job, for dead-lettering tests.
@@ -37,7 +39,7 @@ from core.storage.local import LocalStorage  # noqa: E402
 
 PLAN = json.loads(os.environ.get("VS_FAULT") or "{}")
 _lock = threading.Lock()
-_window: dict[str, object] = {"stage": None, "events": 0, "thread": None}
+_window: dict[str, object] = {"stage": None, "events": 0, "thread": None, "commit_at": None}
 
 
 def _die() -> None:
@@ -76,20 +78,30 @@ _original_run_stage = Runner._run_stage
 
 def _run_stage(self: Runner, lease, stage: str) -> None:
     with _lock:
-        _window.update(stage=stage, events=0, thread=threading.get_ident())
+        _window.update(stage=stage, events=0, thread=threading.get_ident(), commit_at=None)
     try:
         _original_run_stage(self, lease, stage)
     finally:
         with _lock:
-            events, _window["stage"] = _window["events"], None
+            events, commit_at, _window["stage"] = _window["events"], _window["commit_at"], None
         if PLAN.get("count"):
             path = Path(PLAN["count"])
             counts = json.loads(path.read_text()) if path.exists() else {}
-            counts.setdefault(stage, []).append(events)
+            counts.setdefault(stage, []).append([events, commit_at])
             path.write_text(json.dumps(counts))
 
 
+_original_commit_stage = Runner._commit_stage
+
+
+def _commit_stage(self: Runner, *args, **kwargs) -> None:
+    with _lock:
+        _window["commit_at"] = _window["events"]
+    _original_commit_stage(self, *args, **kwargs)
+
+
 Runner._run_stage = _run_stage  # type: ignore[method-assign]
+Runner._commit_stage = _commit_stage  # type: ignore[method-assign]
 
 if PLAN.get("poison"):
     import functions.routes as routes

@@ -3,7 +3,9 @@
 For a render job (prepare → render) and a small train job (prepare → align → train → render),
 each trial starts `videostudio up` (through tests/fault_worker.py) with a kill point: the N-th
 event (storage write or delete, queue put/ack/nack/extend, progress report) while a given stage
-is in flight, N drawn at random from the events an uninterrupted run of that stage had. The
+is in flight, N drawn at random from the events an uninterrupted run of that stage had: every kill
+of a stage but its last before the stage's commit phase (so the stage runs again), its last one
+inside it (stage manifest, job manifest — the commit marker —, webhooks, next message, ack). The
 process SIGKILLs itself there: no handler runs, nothing is flushed. After each kill the bucket
 is checked (no committed manifest names a missing, partial or temp file). After the last kill a
 plain worker finishes the job. Then:
@@ -14,7 +16,7 @@ plain worker finishes the job. Then:
 - every webhook event was delivered at least once, every delivery verifies with
   `standardwebhooks`, and each `webhook-id` always carried the same bytes (retries reuse it).
 
-CI runs 20 trials; `VIDEOSTUDIO_RELIABILITY_FULL=1` runs 44. Figures: bench/out/reliability/crashes.json.
+CI runs 22 trials; `VIDEOSTUDIO_RELIABILITY_FULL=1` runs 45. Figures: bench/out/reliability/crashes.json.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ LEASE_S = "1.5"
 ALL_EVENTS = "[job.succeeded, job.failed, job.cancelled, stage.started, stage.succeeded, stage.failed]"
 RENDER_KILLS = {"prepare": full(2, 5), "render": full(4, 8)}
 TRAIN_KILLS = {"prepare": full(3, 6), "align": full(3, 6), "train": full(5, 10), "render": full(5, 10)}
-MIN_TRIALS = full(20, 40)  # a kill after a stage's commit moves the stage's remaining kills on to the next
+MIN_TRIALS = full(20, 40)
 # Every progress report writes the manifest (no time-based throttle), so a stage has as many events in
 # every run and a kill point drawn from the reference run's count is always reached.
 ENV = dict(VIDEOSTUDIO_PROGRESS_INTERVAL_S="0", VIDEOSTUDIO_LEASE_S=LEASE_S, VIDEOSTUDIO_MAX_ATTEMPTS="50", VIDEOSTUDIO_RECONCILE_INTERVAL_S="0.5",
@@ -124,7 +126,7 @@ def _campaign(tmp_path: Path, name: str, setup, input_name: str, content: str, k
     drop_by_rename(ref, input_name, content)
     counts_path = tmp_path / f"{name}-counts.json"
     reference = _run_to_completion(ref, tmp_path / f"{name}-ref.log", {"count": str(counts_path)})
-    counts = {stage: min(n) for stage, n in json.loads(counts_path.read_text()).items()}
+    counts = {stage: min(map(tuple, n)) for stage, n in json.loads(counts_path.read_text()).items()}
 
     # 2. the same input, killed at random points of each stage in turn
     bucket = tmp_path / name / "killed"
@@ -135,12 +137,15 @@ def _campaign(tmp_path: Path, name: str, setup, input_name: str, content: str, k
     carry = 0  # kills planned for a stage that was committed early (a kill after its commit marker)
     for stage, planned in kills.items():
         budget, carry = planned + carry, 0
+        total, commit_at = counts[stage]
         for done in range(budget):
             manifests = job_manifests(bucket)
             if manifests and manifests[0]["stages"][stage]["status"] == "succeeded":
                 carry = budget - done
                 break
-            at = rng.randint(1, max(1, int(0.9 * counts[stage])))
+            # Every kill of a stage but its last lands before the commit phase (the stage runs again); the
+            # last lands inside the commit phase (stage manifest, commit marker, webhooks, next message, ack).
+            at = rng.randint(commit_at + 1, total) if done == budget - 1 else rng.randint(1, commit_at)
             started = time.monotonic()
             proc = start_fault_up(bucket, log, {"kill": {"stage": stage, "at": at}}, **ENV)
             code = wait_exit(proc, timeout=300)
@@ -150,7 +155,7 @@ def _campaign(tmp_path: Path, name: str, setup, input_name: str, content: str, k
             assert code == -signal.SIGKILL, f"{name}: worker exited {code}\n{read_log(proc)}"
             after = job_manifests(bucket)[0]
             integrity = check_bucket_integrity(bucket)
-            trials.append({"job": name, "stage": stage, "event": at, "of_events": counts[stage],
+            trials.append({"job": name, "stage": stage, "event": at, "of_events": total, "commit_phase_from": commit_at + 1,
                            "stage_status_after": after["stages"][stage]["status"],
                            "attempts_after": after["stages"][stage]["attempts"],
                            "seconds": round(time.monotonic() - started, 2), "integrity": integrity})
