@@ -1,10 +1,11 @@
-"""Align and prepare benchmark: our face detector vs naive MTCNN, and frame extraction vs the decode floor.
+"""Align and prepare benchmark: our face detector vs naive MTCNN, and prepare's thumbnail pass vs the decode floor.
 
 One run measures, side by side, on a synthetic 1080p clip with a real face (the astronaut photo from
 scikit-image, moved, zoomed and rolled by a known transform, see tests/synthetic_video.py):
 
 1. **Align-stage detection.** N frames are sampled from the clip at `--sample-fps` and decoded to RGB
-   arrays in memory first, so decoding is in neither timing. Then:
+   arrays in memory first (`core.video.sample_frames`, what align decodes), so decoding is in neither
+   timing. Then:
    (a) `functions.faces.TrackingDetector` (what the align stage uses), fed the frames in order;
    (b) `functions.faces.NaiveDetector`: facenet-pytorch MTCNN with its default settings on every
        full-resolution frame (on every `--naive-every`-th frame when that is > 1).
@@ -13,14 +14,22 @@ scikit-image, moved, zoomed and rolled by a known transform, see tests/synthetic
    `synthetic_video.eyes_in_frame`), plus the eye-landmark error of the matching face as a share of
    the true inter-ocular distance. The tracking detector runs `--tracking-passes` times (one pass
    before the naive run, the rest after) and the median pass is reported. Unless `--no-stage`, the
-   whole align stage function then runs once on the same sampled frames, written the way prepare
-   writes them (so it includes JPEG decoding, alignment, crops, the split and the outputs).
-2. **Prepare vs the decode floor.** `ffmpeg -v error -i CLIP -f null -` against prepare's extraction
-   loop (`core.video.extract_frames` + `FrameFilter.add` + `finish`, the loop inside
-   `functions.prepare_video.prepare_training_video`) into a temp dir, at extract_fps = the source fps
-   and at 25. Each timing runs `--repeats` times; the median is reported. A breakdown then times the
-   pieces of extract_frames' ffmpeg command on their own (wall and CPU seconds), because on a small
-   machine the CPU work, not the wall clock of one piece, decides the ratio.
+   real stage functions then run once each, in sequence, on the clip put into a local bucket:
+   `functions.prepare_video.prepare_training_video` (extract_fps = `--sample-fps`: download, sha256,
+   probe, one ffmpeg pass of small gray thumbnails, the frame checks, frames.jsonl) and
+   `functions.align.align` (download and sha256 check of the video again, then it decodes the kept
+   frames again at full resolution with `sample_frames` and detects, aligns and crops them, splits,
+   writes the outputs). Align's stage time therefore includes that re-decode, which ffmpeg does in a
+   separate process alongside the detection (its CPU shows as "ffmpeg CPU"). prepare refuses clips
+   under its 30 s minimum; for a shorter bench clip that limit is lowered for the run (noted in the JSON).
+2. **Prepare vs the decode floor.** `ffmpeg -v error -nostdin -i CLIP -f null -` against prepare's
+   sampling loop (`core.video.sample_thumbnails` + `FrameFilter.add` + `finish`, the loop inside
+   `prepare_training_video`; nothing is written to disk), at extract_fps = the source fps and at 25.
+   Each timing runs `--repeats` times; the median is reported. A breakdown then times ffmpeg commands
+   on their own (wall and CPU seconds): the decode floor, + the fps filter, prepare's whole command
+   (fps + 256-px gray thumbnails → rawvideo pipe) and, for comparison, align's full-resolution re-decode
+   (fps + rgb24 → rawvideo pipe), because on a small machine the CPU work, not the wall clock of one
+   piece, decides the ratio.
 
 Every timing also reports the CPU time other processes used meanwhile ("other CPU", in cores), read
 from /proc/stat: on a shared 2-core machine that decides how far a wall-clock figure can be trusted.
@@ -28,7 +37,7 @@ from /proc/stat: on a shared 2-core machine that decides how far a wall-clock fi
 
 This is a benchmark, not a test: it asserts nothing about timings.
 
-    .venv/bin/python bench/align.py                       # defaults: 20 s 1080p30 clip, 5 fps → 100 frames
+    .venv/bin/python bench/align.py                       # defaults: 32 s 1080p30 clip, 5 fps → 160 frames
     .venv/bin/python bench/align.py --wait-quiet 20       # on a shared machine
     .venv/bin/python bench/align.py --seconds 8 --naive-every 4 --repeats 1 --no-stage
 """
@@ -65,7 +74,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 import synthetic_video  # noqa: E402
-from core.video import extract_frames, probe_video, write_mp4  # noqa: E402
+from core.video import probe_video, sample_frames, sample_thumbnails, thumbnail_size, write_mp4  # noqa: E402
 import functions.faces as faces_module  # noqa: E402
 from functions.faces import Face, NaiveDetector, TrackingDetector  # noqa: E402
 from functions.frame_quality import FrameFilter  # noqa: E402
@@ -115,13 +124,9 @@ def ensure_clip(args: argparse.Namespace, progress: Progress) -> tuple[Path, dic
 
 # ------------------------------------------------------------------------------------ detection
 def decode_sampled(clip: Path, width: int, height: int, sample_fps: float) -> list[np.ndarray]:
-    """The frames prepare would sample at `sample_fps` (same fps filter), as RGB arrays."""
-    out = (ffmpeg.input(str(clip)).video.filter("fps", fps=sample_fps)
-           .output("pipe:", format="rawvideo", pix_fmt="rgb24")
-           .global_args("-loglevel", "error", "-nostdin").run(capture_stdout=True))[0]
-    count = len(out) // (width * height * 3)
-    frames = np.frombuffer(out, np.uint8, count * width * height * 3).reshape(count, height, width, 3).copy()
-    return list(frames)  # writable views into one array
+    """The frames prepare samples at `sample_fps` and align decodes again (`sample_frames`), as RGB arrays."""
+    # writable copies: the pipe's bytes are read-only
+    return [frame.pixels.copy() for frame in sample_frames(clip, fps=sample_fps, size=(width, height))]
 
 
 def truth(n: int, sample_fps: float, width: int, height: int, fpx: float) -> list[np.ndarray]:
@@ -243,11 +248,12 @@ def mtcnn_threads(mode: str):
 
 
 def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Progress, label: str) -> dict[str, Any]:
-    """One in-order pass of a fresh TrackingDetector, with per-call timings of its two kinds of MTCNN call."""
+    """One in-order pass of a fresh TrackingDetector, with per-call timings of its three kinds of MTCNN call."""
     detector = TrackingDetector()
     keyframe_s: list[float] = []
     roi_s: list[float] = []
-    keyframe, search_near = detector._keyframe, detector._search_near
+    refine_s: list[float] = []
+    keyframe, search_near, refine = detector._keyframe, detector._search_near, detector._refine
 
     def timed_keyframe(frame):  # a perf_counter pair costs well under a microsecond
         t = time.perf_counter()
@@ -263,7 +269,14 @@ def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Pr
         finally:
             roi_s.append(time.perf_counter() - t)
 
-    detector._keyframe, detector._search_near = timed_keyframe, timed_search
+    def timed_refine(frame, face):
+        t = time.perf_counter()
+        try:
+            return refine(frame, face)
+        finally:
+            refine_s.append(time.perf_counter() - t)
+
+    detector._keyframe, detector._search_near, detector._refine = timed_keyframe, timed_search, timed_refine
     task = progress.add_task(label, total=len(frames))
     results, per_frame = [], []
     settle(label)
@@ -283,6 +296,10 @@ def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Pr
         "found": found,
         "keyframes": detector.keyframes,
         "roi_searches": detector.roi_searches,
+        "refit_attempts": len(refine_s),
+        "refinements": detector.refinements,
+        "refit_ms_median": round(1000 * statistics.median(refine_s), 2) if refine_s else None,
+        "refit_s_total": round(sum(refine_s), 3),
         "keyframe_ms_median": round(1000 * statistics.median(keyframe_s), 2) if keyframe_s else None,
         "roi_search_ms_median": round(1000 * statistics.median(roi_s), 2) if roi_s else None,
         "keyframe_s_total": round(sum(keyframe_s), 3),
@@ -328,55 +345,80 @@ def bench_naive(frames: list[np.ndarray], eyes: list[np.ndarray], naive_every: i
 
 
 def bench_stage(clip: Path, sample_fps: float, workdir: Path, progress: Progress) -> dict[str, Any]:
-    """The align stage function once, on frames written by prepare's extraction at `sample_fps`."""
+    """The real prepare and align stage functions once each, in sequence, on the clip at extract_fps = `sample_fps`."""
+    import functions.prepare_video as prepare_module
     from core.settings import Settings
     from core.stage import StageContext
     from core.storage import LocalStorage
     from functions.align import align
-    from schemas.dataset import FrameRecord
-    from schemas.manifest import InputRecord, JobManifest, StageRecord, Versions
+    from schemas.brief import TrainBrief
+    from schemas.manifest import InputRecord, JobManifest, StageRecord, StageStatus, Versions
 
-    info = probe_video(clip)
+    video_key = "uploads/clip.mp4"
     bucket = LocalStorage(workdir / "bucket")
-    quality, paths = FrameFilter(), {}
-    for frame in extract_frames(clip, workdir / "frames", fps=sample_fps, size=(info.width, info.height)):
-        quality.add(frame.index, frame.time_s, frame.thumbnail)
-        paths[frame.index] = frame.path
-    records = []
-    for verdict in quality.finish():
-        key = None
-        if verdict.reason is None:
-            key = f"jobs/bench/prepare/frames/{verdict.index:06d}.jpg"
-            bucket.put_file(key, paths[verdict.index], content_type="image/jpeg")
-        records.append(FrameRecord(index=verdict.index, time_s=round(verdict.time_s, 4), key=key,
-                                   mean_luma=verdict.mean_luma, sharpness=verdict.sharpness, dropped=verdict.reason))
-    frames_key = "jobs/bench/prepare/frames.jsonl"
-    bucket.put_bytes(frames_key, "".join(r.model_dump_json() + "\n" for r in records).encode())
-    manifest = JobManifest(job_id="bench", kind="train", input=InputRecord(key="uploads/clip.mp4"),
-                           request={"seed": 0},
+    bucket.put_file(video_key, clip, content_type="video/mp4")
+    brief = TrainBrief(kind="train", avatar="bench", video=video_key, extract_fps=sample_fps, seed=0)
+    manifest = JobManifest(job_id="bench", kind="train", input=InputRecord(key=video_key),
+                           request=brief.model_dump(mode="json"),
                            versions=Versions(videostudio="bench", python=platform.python_version()),
-                           stages={"prepare": StageRecord(outputs={"frames": frames_key}), "align": StageRecord()})
-    kept = sum(1 for r in records if r.key)
-    task = progress.add_task(f"align stage ({kept} frames)", total=1.0)
-    scratch = workdir / "scratch"
-    scratch.mkdir()
-    ctx = StageContext(job_id="bench", stage="align", attempt=1, manifest=manifest, storage=bucket,
-                       settings=Settings(bucket=str(bucket.root), device="cpu", progress_interval_s=0.0),
-                       scratch=scratch, _progress=lambda f, *_: progress.update(task, completed=f),
-                       _cancel_requested=lambda: False)
-    settle("align stage")
-    with Meter() as meter:
-        result = align(ctx)
+                           stages={"prepare": StageRecord(), "align": StageRecord()})
+    settings = Settings(bucket=str(bucket.root), device="cpu", progress_interval_s=0.0)
+
+    def context(stage: str, task) -> StageContext:
+        scratch = workdir / f"scratch-{stage}"  # a fresh one per stage, as the runner gives
+        scratch.mkdir()
+        return StageContext(job_id="bench", stage=stage, attempt=1, manifest=manifest, storage=bucket,
+                            settings=settings, scratch=scratch,
+                            _progress=lambda f, *_: progress.update(task, completed=f),
+                            _cancel_requested=lambda: False)
+
+    # prepare refuses videos under MIN_DURATION_S; a short bench clip gets the limit lowered for this run
+    min_duration = prepare_module.MIN_DURATION_S
+    duration = probe_video(clip).duration_s
+    lowered = duration < min_duration
+    task = progress.add_task(f"prepare stage (extract_fps {sample_fps:g})", total=1.0)
+    settle("prepare stage")
+    try:
+        if lowered:
+            prepare_module.MIN_DURATION_S = 0.0
+        with Meter() as prepare_meter:
+            prepared = prepare_module.prepare_training_video(context("prepare", task), brief)
+    finally:
+        prepare_module.MIN_DURATION_S = min_duration
     progress.update(task, completed=1.0)
-    elapsed = meter.wall_s
-    m = result.metrics
-    return {"seconds": round(elapsed, 3),
-            "other_cores": None if meter.other_cores is None else round(meter.other_cores, 2),
-            "frames": m["frames"], "frames_per_s": round(m["frames"] / elapsed, 3),
-            "detect_s": m["detect_s"], "detect_frames_per_s": m["faces_per_s"],
-            "detection_rate": m["detection_rate"], "aligned": m["aligned"],
-            "alignment_success_rate": m["alignment_success_rate"], "keyframes": m["keyframes"],
-            "roi_searches": m["roi_searches"], "sampled": len(records)}
+    manifest.stages["prepare"] = StageRecord(status=StageStatus.succeeded, attempts=1,
+                                             outputs=dict(prepared.outputs), metrics=prepared.metrics)
+    manifest.request = prepared.request
+
+    pm = prepared.metrics
+    task = progress.add_task(f"align stage ({pm['kept']} frames)", total=1.0)
+    settle("align stage")
+    with Meter() as align_meter:
+        aligned = align(context("align", task))
+    progress.update(task, completed=1.0)
+    m = aligned.metrics
+
+    def cores(meter: Meter) -> float | None:
+        return None if meter.other_cores is None else round(meter.other_cores, 2)
+
+    return {
+        "prepare": {"seconds": round(prepare_meter.wall_s, 3), "other_cores": cores(prepare_meter),
+                    "ffmpeg_cpu_s": round(prepare_meter.ffmpeg_cpu_s, 2),
+                    "python_cpu_s": round(prepare_meter.python_cpu_s, 2),
+                    "sampled": pm["total"], "kept": pm["kept"],
+                    "frames_per_s": round(pm["total"] / prepare_meter.wall_s, 3),
+                    "extract_s": pm["extract_s"], "extract_fps": sample_fps},
+        "align": {"seconds": round(align_meter.wall_s, 3), "other_cores": cores(align_meter),
+                  "ffmpeg_cpu_s": round(align_meter.ffmpeg_cpu_s, 2),
+                  "python_cpu_s": round(align_meter.python_cpu_s, 2),
+                  "frames": m["frames"], "frames_per_s": round(m["frames"] / align_meter.wall_s, 3),
+                  "detect_s": m["detect_s"], "detect_frames_per_s": m["faces_per_s"]},
+        "sampled": pm["total"], "frames": m["frames"],  # frames: the kept ones align decodes and detects in
+        "detection_rate": m["detection_rate"], "aligned": m["aligned"],
+        "alignment_success_rate": m["alignment_success_rate"], "keyframes": m["keyframes"],
+        "roi_searches": m["roi_searches"], "refinements": m["refinements"],
+        "min_duration_s_lowered": {"from": min_duration, "to": 0.0, "clip_s": round(duration, 3)} if lowered else None,
+    }
 
 
 # -------------------------------------------------------------------------------------- prepare
@@ -388,27 +430,29 @@ def run_timed(fn) -> dict[str, Any]:
             "other_cores": m.other_cores, "value": value}
 
 
+FLOOR_COMMAND = ["ffmpeg", "-v", "error", "-nostdin", "-i", "CLIP", "-f", "null", "-"]
+
+
+def floor_command(clip: Path) -> list[str]:
+    return [str(clip) if arg == "CLIP" else arg for arg in FLOOR_COMMAND]
+
+
 def floor(clip: Path) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "null", "-"], check=True,
-                   stdin=subprocess.DEVNULL)
+    subprocess.run(floor_command(clip), check=True, stdin=subprocess.DEVNULL)
 
 
-def prepare_loop(clip: Path, size: tuple[int, int], fps: float, out_dir: Path) -> dict[str, Any]:
-    """What prepare_training_video's step 2 does (minus progress reporting)."""
+def prepare_loop(clip: Path, size: tuple[int, int], fps: float) -> dict[str, Any]:
+    """What prepare_training_video's step 2 does (minus progress reporting): thumbnails only, nothing written."""
     quality = FrameFilter()
-    paths: dict[int, Path] = {}
     add_s = 0.0
-    for frame in extract_frames(clip, out_dir, fps=fps, size=size):
+    for frame in sample_thumbnails(clip, fps=fps, size=size):
         t = time.perf_counter()
-        quality.add(frame.index, frame.time_s, frame.thumbnail)
-        paths[frame.index] = frame.path
+        quality.add(frame.index, frame.time_s, frame.pixels)
         add_s += time.perf_counter() - t
     t = time.perf_counter()
     quality.finish()
     add_s += time.perf_counter() - t
-    files = sorted(out_dir.glob("*.jpg"))
-    return {**quality.counts(), "files": len(files), "jpeg_bytes": sum(f.stat().st_size for f in files),
-            "python_checks_s": add_s}
+    return {**quality.counts(), "python_checks_s": add_s}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -425,8 +469,7 @@ def other_median(runs: list[dict[str, Any]]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def bench_prepare(clip: Path, info, fps_values: list[float], repeats: int, workdir: Path,
-                  progress: Progress) -> dict[str, Any]:
+def bench_prepare(clip: Path, info, fps_values: list[float], repeats: int, progress: Progress) -> dict[str, Any]:
     size = (info.width, info.height)
     task = progress.add_task("prepare vs decode floor", total=repeats * (1 + len(fps_values)))
     floor_runs: list[dict[str, Any]] = []
@@ -436,74 +479,59 @@ def bench_prepare(clip: Path, info, fps_values: list[float], repeats: int, workd
         floor_runs.append(run_timed(lambda: floor(clip)))
         progress.advance(task)
         for fps in fps_values:
-            out_dir = workdir / f"prepare_{fps:g}"
-            shutil.rmtree(out_dir, ignore_errors=True)
             settle(f"prepare {fps:g}")
-            prep_runs[fps].append(run_timed(lambda: prepare_loop(clip, size, fps, out_dir)))
-            shutil.rmtree(out_dir, ignore_errors=True)
+            prep_runs[fps].append(run_timed(lambda fps=fps: prepare_loop(clip, size, fps)))
             progress.advance(task)
-    result: dict[str, Any] = {"floor": summarise(floor_runs), "prepare": []}
+    result: dict[str, Any] = {"floor": summarise(floor_runs), "floor_command": " ".join(FLOOR_COMMAND), "prepare": []}
     for fps in fps_values:
         runs = prep_runs[fps]
         last = runs[-1]["value"]
         entry = {"extract_fps": fps, **summarise(runs),
                  "python_checks_s_median": round(statistics.median(r["value"]["python_checks_s"] for r in runs), 3),
-                 "frames": last["total"], "kept": last["kept"], "files": last["files"],
-                 "jpeg_mb": round(last["jpeg_bytes"] / 1e6, 1)}
+                 "frames": last["total"], "kept": last["kept"]}
         entry["ratio_to_floor"] = round(entry["median_s"] / result["floor"]["median_s"], 2)
         result["prepare"].append(entry)
     return result
 
 
-def extract_pieces(clip: Path, info, fps: float, out_dir: Path) -> list[tuple[str, list[str], bool]]:
-    """extract_frames' ffmpeg command (built the same way) and its pieces on their own."""
-    width, height = info.width, info.height
-    thumb_w = min(256, width) // 2 * 2
-    thumb_h = max(2, round(height * thumb_w / width) // 2 * 2)
-    pattern = str(out_dir / "%06d.jpg")
+def extract_pieces(clip: Path, info, fps: float) -> list[tuple[str, list[str]]]:
+    """The decode floor, + the fps filter, prepare's ffmpeg command and align's (built as core.video builds them)."""
+    thumb_w, thumb_h = thumbnail_size((info.width, info.height), 256)  # sample_thumbnails' default thumb_width
 
     def args(stream) -> list[str]:  # global options first: after a "-" output ffmpeg would treat them as trailing
         return ["ffmpeg", "-loglevel", "error", "-nostdin", *stream.get_args()]
 
-    src = ffmpeg.input(str(clip)).video
-    sampled = src.filter("fps", fps=fps).split()
-    full = sampled[0].output(pattern, start_number=0, **{"q:v": 2})
-    small = sampled[1].filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
+    def sampled():  # core.video._sampled: the fps filter every pass over the video shares
+        return ffmpeg.input(str(clip)).video.filter("fps", fps=fps)
+
+    def as_run(output) -> list[str]:  # the command core.video._read_frames runs
+        return output.global_args("-loglevel", "error", "-nostdin").compile()
+
     return [
-        ("decode only (the floor)", ["ffmpeg", "-v", "error", "-nostdin", "-i", str(clip), "-f", "null", "-"], False),
-        ("+ fps filter + yuv420p→yuvj420p (the conversion mjpeg needs)",
-         args(src.filter("fps", fps=fps).filter("format", "yuvj420p").output("-", format="null")), False),
-        ("+ fps + 256-px gray thumbnails → rawvideo pipe",
-         args(src.filter("fps", fps=fps).filter("scale", thumb_w, thumb_h)
-              .output("pipe:", format="rawvideo", pix_fmt="gray")), False),
-        ("+ fps + mjpeg q:v 2, encoded but not written",
-         args(src.filter("fps", fps=fps).output("-", format="null", vcodec="mjpeg", **{"q:v": 2})), False),
-        ("+ fps + mjpeg q:v 2 → JPEG files", args(src.filter("fps", fps=fps).output(pattern, start_number=0,
-                                                                                      **{"q:v": 2})), True),
-        ("extract_frames' whole command (pipe → /dev/null)", args(ffmpeg.merge_outputs(full, small)), True),
+        ("decode only (the floor)", floor_command(clip)),
+        ("+ fps filter (→ null)", args(sampled().output("-", format="null"))),
+        ("prepare's whole command: fps + 256-px gray thumbnails → rawvideo pipe",
+         as_run(sampled().filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray"))),
+        ("align's re-decode: fps + rgb24 full resolution → rawvideo pipe",
+         as_run(sampled().output("pipe:", format="rawvideo", pix_fmt="rgb24"))),
     ]
 
 
-def bench_breakdown(clip: Path, info, fps: float, repeats: int, workdir: Path, progress: Progress) -> list[dict]:
-    out_dir = workdir / "breakdown"
-    pieces = extract_pieces(clip, info, fps, out_dir)
+def bench_breakdown(clip: Path, info, fps: float, repeats: int, progress: Progress) -> list[dict]:
+    pieces = extract_pieces(clip, info, fps)
     task = progress.add_task(f"breakdown at {fps:g} fps", total=len(pieces) * repeats)
     results = []
-    for label, cmd, writes in pieces:
+    for label, cmd in pieces:
         runs = []
         for _ in range(repeats):
-            shutil.rmtree(out_dir, ignore_errors=True)
-            out_dir.mkdir(parents=True)
             settle(label)
-            runs.append(run_timed(lambda: subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL,
-                                                         stdout=subprocess.DEVNULL)))
+            runs.append(run_timed(lambda cmd=cmd: subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL,
+                                                                 stdout=subprocess.DEVNULL)))
             progress.advance(task)
-        shutil.rmtree(out_dir, ignore_errors=True)
         s = summarise(runs)
         results.append({"piece": label, "wall_s_median": s["median_s"], "ffmpeg_cpu_s_median": s["ffmpeg_cpu_s_median"],
                         "other_cores_median": s["other_cores_median"],
-                        "writes_files": writes, "command": " ".join(cmd).replace(str(clip), "CLIP")
-                        .replace(str(out_dir), "OUT")})
+                        "command": " ".join(cmd).replace(str(clip), "CLIP")})
     return results
 
 
@@ -573,12 +601,6 @@ def render(results: dict[str, Any]) -> None:
                           + (f", every {mn['every']}th frame" if mn["every"] > 1 else ""),
                           str(mn["frames"]), f"{mn['frames_per_s']:.3f}", f"{mn['ms_per_frame_median']:.0f}",
                           f"{mn['detection_rate']:.1%}", err(mn), _other(mn["other_cores"]))
-        st = d.get("stage")
-        if st:
-            table.add_row("align stage function (whole stage)", str(st["frames"]), f"{st['frames_per_s']:.2f}", "",
-                          f"{st['detection_rate']:.1%} (main track)", "", _other(st["other_cores"]))
-            table.add_row("  ↳ its detect loop (JPEG decode + tracking)", str(st["frames"]),
-                          f"{st['detect_frames_per_s']:.2f}", "", "", "", "")
         out.print(table)
         for mode, r in modes.items():
             mt, mn = r["tracking"], r["naive"]
@@ -587,11 +609,37 @@ def render(results: dict[str, Any]) -> None:
                       f"detection rate {mt['detection_rate']:.1%} vs {mn['detection_rate']:.1%}; tracking passes "
                       f"{', '.join(f'{x:.2f}' for x in mt['passes_frames_per_s'])} frames/s (other CPU "
                       f"{', '.join(_other(x) for x in mt['passes_other_cores'])} cores); {mt['keyframes']} keyframes "
-                      f"({mt['keyframe_ms_median']} ms median), {mt['roi_searches']} ROI searches "
+                      f"({mt['keyframe_ms_median']} ms median), {mt.get('refinements')} of {mt.get('refit_attempts')} R/O-Net "
+                      f"refits succeeded ({mt.get('refit_ms_median')} ms median), {mt['roi_searches']} ROI searches "
                       f"({mt['roi_search_ms_median']} ms median)")
         if "speedup_shipped_vs_naive_default_threads" in d:
             out.print(f"  align stage's detector as shipped vs naive on torch's default threads: "
                       f"{d['speedup_shipped_vs_naive_default_threads']:.1f}×")
+        st = d.get("stage")
+        if st:
+            sp, sa = st["prepare"], st["align"]
+            table = Table(title=f"Stage functions on the clip in a local bucket (extract_fps {sp['extract_fps']:g}: "
+                                f"{st['sampled']} frames sampled, {st['frames']} kept)")
+            for col in ("stage", "frames", "wall s", "frames/s", "ffmpeg CPU s", "python CPU s", "other CPU (cores)"):
+                table.add_column(col, justify="left" if col == "stage" else "right")
+            table.add_row("prepare (download, sha256, thumbnail pass + checks, frames.jsonl)", str(sp["sampled"]),
+                          f"{sp['seconds']:.2f}", f"{sp['frames_per_s']:.2f}", f"{sp['ffmpeg_cpu_s']:.1f}",
+                          f"{sp['python_cpu_s']:.1f}", _other(sp["other_cores"]))
+            table.add_row("  ↳ its sampling loop (extract_s)", str(sp["sampled"]), f"{sp['extract_s']:.2f}",
+                          f"{sp['sampled'] / sp['extract_s']:.2f}" if sp["extract_s"] else "–", "", "", "")
+            table.add_row("align (whole stage: re-decode, detect, crops, split, outputs)", str(sa["frames"]),
+                          f"{sa['seconds']:.2f}", f"{sa['frames_per_s']:.2f}", f"{sa['ffmpeg_cpu_s']:.1f}",
+                          f"{sa['python_cpu_s']:.1f}", _other(sa["other_cores"]))
+            table.add_row("  ↳ its detect loop (full-res re-decode in ffmpeg + tracking)", str(sa["frames"]),
+                          f"{sa['detect_s']:.2f}", f"{sa['detect_frames_per_s']:.2f}", "", "", "")
+            out.print(table)
+            out.print(f"  align: detection rate {st['detection_rate']:.1%} (main track), {st['aligned']} aligned "
+                      f"(alignment success {st['alignment_success_rate']:.1%}), {st['keyframes']} keyframes, "
+                      f"{st.get('refinements')} refits, {st['roi_searches']} ROI searches; ffmpeg CPU = the decode, in its own process")
+            if st.get("min_duration_s_lowered"):
+                low = st["min_duration_s_lowered"]
+                out.print(f"  the {low['clip_s']:g} s clip is under prepare's {low['from']:g} s minimum: "
+                          "the limit was lowered for this run")
     p = results.get("prepare")
     if p:
         table = Table(title=f"Prepare vs decode floor, {results['clip']['width']}×{results['clip']['height']} "
@@ -601,11 +649,12 @@ def render(results: dict[str, Any]) -> None:
                     "other CPU (cores)"):
             table.add_column(col, justify="left" if col == "path" else "right")
         f = p["floor"]
-        table.add_row("ffmpeg -v error -i CLIP -f null -", f"{f['median_s']:.2f}",
+        table.add_row(p.get("floor_command", "decode floor"), f"{f['median_s']:.2f}",
                       f"{f['min_s']:.2f}–{f['max_s']:.2f}", f"{f['ffmpeg_cpu_s_median']:.1f}", "", "", "1.00",
                       _other(f["other_cores_median"]))
         for e in p["prepare"]:
-            table.add_row(f"prepare loop, extract_fps {e['extract_fps']:g}", f"{e['median_s']:.2f}",
+            table.add_row(f"prepare loop (thumbnails + checks), extract_fps {e['extract_fps']:g}",
+                          f"{e['median_s']:.2f}",
                           f"{e['min_s']:.2f}–{e['max_s']:.2f}", f"{e['ffmpeg_cpu_s_median']:.1f}",
                           f"{e['python_cpu_s_median']:.1f}", f"{e['frames']} ({e['kept']})",
                           f"{e['ratio_to_floor']:.2f}", _other(e["other_cores_median"]))
@@ -614,7 +663,7 @@ def render(results: dict[str, Any]) -> None:
                   + ", ".join(f"{e['python_checks_s_median']:.2f} s at {e['extract_fps']:g} fps" for e in p["prepare"]))
     b = results.get("breakdown")
     if b:
-        table = Table(title=f"Where extract_frames' time goes (ffmpeg alone, extract_fps {results['breakdown_fps']:g}, "
+        table = Table(title=f"Where prepare's time goes (ffmpeg alone, extract_fps {results['breakdown_fps']:g}, "
                             f"median of {results['args']['breakdown_repeats']})")
         for col in ("piece", "wall s", "ffmpeg CPU s", "other CPU (cores)"):
             table.add_column(col, justify="left" if col == "piece" else "right")
@@ -637,11 +686,12 @@ def render(results: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0, help="clip length")
+    parser.add_argument("--seconds", type=float, default=32.0, help="clip length (prepare needs ≥ 30 s; shorter clips lower its minimum for the run)")
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--fps", type=int, default=30, help="the clip's frame rate")
-    parser.add_argument("--sample-fps", type=float, default=5.0, help="frames sampled for the detection comparison")
+    parser.add_argument("--sample-fps", type=float, default=5.0,
+                        help="frames sampled for the detection comparison; the stage run's extract_fps")
     parser.add_argument("--naive-every", type=int, default=1,
                         help="time the naive detector on every n-th sampled frame only (it is slow)")
     parser.add_argument("--prepare-fps", type=float, nargs="+", default=None,
@@ -656,7 +706,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each timing, wait up to S seconds for other processes to use < 0.25 cores "
                              "(for shared machines; 0 = don't wait)")
-    parser.add_argument("--no-stage", action="store_true", help="skip the whole-align-stage run")
+    parser.add_argument("--no-stage", action="store_true", help="skip the run of the prepare and align stage functions")
     parser.add_argument("--skip-detection", action="store_true")
     parser.add_argument("--skip-prepare", action="store_true")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="where to write the JSON results")
@@ -728,12 +778,12 @@ def main(argv: list[str] | None = None) -> int:
                     results["detection"]["stage"] = bench_stage(clip, args.sample_fps, stage_dir, progress)
                     shutil.rmtree(stage_dir, ignore_errors=True)
             if not args.skip_prepare:
-                results["prepare"] = bench_prepare(clip, info, args.prepare_fps, args.repeats, workdir, progress)
+                results["prepare"] = bench_prepare(clip, info, args.prepare_fps, args.repeats, progress)
                 results["prepare"]["goal_ratio"] = PREPARE_GOAL
                 if args.breakdown_repeats > 0:
                     results["breakdown_fps"] = args.prepare_fps[0]
                     results["breakdown"] = bench_breakdown(clip, info, args.prepare_fps[0], args.breakdown_repeats,
-                                                           workdir, progress)
+                                                           progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()

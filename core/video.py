@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -137,41 +137,33 @@ def probe_video(path: Path, *, count_frames: bool = False) -> VideoInfo:
 
 
 @dataclass(frozen=True)
-class ExtractedFrame:
-    index: int
+class SampledFrame:
+    index: int  # position in the sampled sequence: the same in every pass over the same file and fps
     time_s: float
-    path: Path  # the full-resolution JPEG ffmpeg writes (complete once extraction finishes)
-    thumbnail: np.ndarray  # small grayscale copy [h, w] uint8, for quality checks
+    pixels: np.ndarray  # [h, w] uint8 gray thumbnail (sample_thumbnails) or [H, W, 3] uint8 RGB (sample_frames)
 
 
-def extract_frames(path: Path, out_dir: Path, *, fps: float, size: tuple[int, int], thumb_width: int = 256,
-                   jpeg_qscale: int = 2) -> Iterator[ExtractedFrame]:
-    """Decode once, sample at `fps`, and write full-resolution JPEGs while streaming small gray thumbnails.
+def _sampled(path: Path, fps: float):
+    """The one definition of "the frames of this video at `fps`", shared by every pass over it.
 
-    ffmpeg's `split` filter feeds two outputs from one decode: numbered JPEGs in `out_dir`
-    (encoded by ffmpeg's own multi-threaded mjpeg encoder) and a grayscale rawvideo pipe.
-    Only one thumbnail is in memory at a time. Rotation metadata is applied by ffmpeg's
-    autorotate; the `fps` filter turns variable frame rate into evenly spaced samples.
-    `size` is the displayed (width, height) from `probe_video`.
+    ffmpeg autorotates (rotation metadata) and the `fps` filter turns variable frame rate into
+    evenly spaced samples, deterministically: two passes yield the same frames in the same order.
     """
-    width, height = size
-    thumb_w = min(thumb_width, width) // 2 * 2
-    thumb_h = max(2, round(height * thumb_w / width) // 2 * 2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sampled = ffmpeg.input(str(path)).video.filter("fps", fps=fps).split()
-    full = sampled[0].output(str(out_dir / "%06d.jpg"), start_number=0, **{"q:v": jpeg_qscale})
-    small = sampled[1].filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
-    process = (ffmpeg.merge_outputs(full, small).global_args("-loglevel", "error", "-nostdin")
-               .run_async(pipe_stdout=True, pipe_stderr=True))
-    frame_bytes = thumb_w * thumb_h
+    return ffmpeg.input(str(path)).video.filter("fps", fps=fps)
+
+
+def _read_frames(output, *, fps: float, shape: tuple[int, ...], keep: Callable[[int], bool] | None) -> Iterator[SampledFrame]:
+    """Stream fixed-size raw frames from ffmpeg's stdout, one in memory at a time."""
+    process = output.global_args("-loglevel", "error", "-nostdin").run_async(pipe_stdout=True, pipe_stderr=True)
+    frame_bytes = int(np.prod(shape))
     index = 0
     try:
         while True:
             chunk = process.stdout.read(frame_bytes)
             if len(chunk) < frame_bytes:
                 break
-            thumb = np.frombuffer(chunk, dtype=np.uint8).reshape(thumb_h, thumb_w)
-            yield ExtractedFrame(index, index / fps, out_dir / f"{index:06d}.jpg", thumb)
+            if keep is None or keep(index):
+                yield SampledFrame(index, index / fps, np.frombuffer(chunk, dtype=np.uint8).reshape(shape))
             index += 1
     finally:
         process.stdout.close()
@@ -179,3 +171,29 @@ def extract_frames(path: Path, out_dir: Path, *, fps: float, size: tuple[int, in
         code = process.wait()
     if code != 0:
         raise VideostudioError("unreadable_video", f"ffmpeg could not decode the video: {stderr.strip()[-300:]}")
+
+
+def thumbnail_size(size: tuple[int, int], thumb_width: int) -> tuple[int, int]:
+    width, height = size
+    thumb_w = min(thumb_width, width) // 2 * 2
+    return thumb_w, max(2, round(height * thumb_w / width) // 2 * 2)
+
+
+def sample_thumbnails(path: Path, *, fps: float, size: tuple[int, int], thumb_width: int = 256) -> Iterator[SampledFrame]:
+    """Decode once, sample at `fps`, and stream small gray thumbnails (for the quality checks).
+
+    Nothing is written at full resolution: on a CPU, encoding a full-size image per sampled frame
+    costs several times the decode itself. The align stage decodes the frames it keeps again with
+    `sample_frames`. `size` is the displayed (width, height) from `probe_video`.
+    """
+    thumb_w, thumb_h = thumbnail_size(size, thumb_width)
+    output = _sampled(path, fps).filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
+    yield from _read_frames(output, fps=fps, shape=(thumb_h, thumb_w), keep=None)
+
+
+def sample_frames(path: Path, *, fps: float, size: tuple[int, int],
+                  keep: Callable[[int], bool] | None = None) -> Iterator[SampledFrame]:
+    """The same samples as `sample_thumbnails`, at full resolution in RGB; `keep(index)` picks which to yield."""
+    width, height = size
+    output = _sampled(path, fps).output("pipe:", format="rawvideo", pix_fmt="rgb24")
+    yield from _read_frames(output, fps=fps, shape=(height, width, 3), keep=keep)

@@ -1,9 +1,13 @@
-"""align: the prepared frames → an aligned, leak-free 512×512 face dataset of one subject.
+"""align: the frames prepare kept → an aligned, leak-free 512×512 face dataset of one subject.
 
-1. detect faces in every kept frame (downscaled keyframes + region tracking, see faces.py);
-2. link detections into tracks and keep the main subject's (tracking.py);
-3. align each of its faces to the template with a similarity transform, rejecting
-   implausible results (alignment.py);
+1. decode the video again at the job's extract_fps (one streamed ffmpeg pass, full resolution,
+   the same samples prepare judged) and detect faces in every kept frame (downscaled keyframes
+   + region tracking, see faces.py); each face that aligns is cropped right away, because the
+   frame is gone once the next one arrives;
+2. link detections into tracks and keep the main subject's (tracking.py); crops of anyone else
+   are discarded;
+3. the subject's alignments (similarity transform to the template, implausible results
+   rejected, alignment.py) become the dataset;
 4. split by contiguous time blocks 85/10/5 (dataset_split.py);
 5. write faces/{train,val,test}/, metadata.jsonl, dataset.json and a contact sheet.
 """
@@ -13,12 +17,15 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.stage import StageContext, StageResult
-from functions.alignment import CROP_SIZE, estimate_alignment, face_template, warp_face
+from core.storage.base import file_sha256
+from core.video import probe_video, sample_frames
+from functions.alignment import CROP_SIZE, Alignment, estimate_alignment, face_template, warp_face
 from functions.contact_sheet import sample_evenly, write_contact_sheet
 from functions.dataset_split import DEFAULT_FRACTIONS, SPLITS, split_by_time_blocks
 from functions.faces import Face, TrackingDetector
@@ -33,10 +40,7 @@ JPEG_QUALITY = 95
 
 
 def _decode(data: bytes) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideostudioError("corrupt_frame", "a prepared frame could not be decoded", retryable=True)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _encode_jpeg(rgb: np.ndarray) -> bytes:
@@ -45,55 +49,83 @@ def _encode_jpeg(rgb: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def _fetch_video(ctx: StageContext, request: dict) -> Path:
+    """The video prepare judged, checked by its sha256: a replaced upload would give other frames."""
+    video_key, expected = request.get("video"), request.get("video_sha256")
+    if not video_key or not expected:
+        raise VideostudioError("missing_frames", "align needs the video and its sha256 recorded by prepare")
+    if ctx.storage.stat(video_key) is None:
+        raise VideostudioError("video_not_found", f"the training video {video_key!r} is no longer in the bucket")
+    local = ctx.storage.download(video_key, ctx.scratch / ("input" + Path(video_key).suffix.lower()))
+    if file_sha256(local) != expected:
+        raise VideostudioError("video_changed", f"the training video {video_key!r} was replaced after prepare ran; "
+                               "submit the job again")
+    return local
+
+
 def align(ctx: StageContext) -> StageResult:
     request = ctx.request or {}
     frames_key = ctx.manifest.stages["prepare"].outputs.get("frames")
     if not frames_key:
         raise VideostudioError("missing_frames", "align needs the frame list written by prepare")
-    frames = [FrameRecord.model_validate_json(line) for line in ctx.storage.get_bytes(frames_key).splitlines() if line]
-    frames = [f for f in frames if f.key]
+    kept = [f for f in (FrameRecord.model_validate_json(line) for line in ctx.storage.get_bytes(frames_key).splitlines()
+                        if line) if f.dropped is None]
+    position_of = {f.index: n for n, f in enumerate(kept)}
     seed = int(request.get("seed", 0))
     padding = float(request.get("face_padding", 0.2))
+    template = face_template(CROP_SIZE, padding)
+    local = _fetch_video(ctx, request)
+    info = probe_video(local)
 
-    # 1. detect, in time order (the tracker relies on it)
+    # 1. detect in time order (the tracker relies on it), and crop every face that aligns
     clock = time.perf_counter()
     detector = TrackingDetector(device=pick_device(ctx.settings.device))
     per_frame: list[list[Face]] = []
-    for n, frame in enumerate(frames):
-        per_frame.append(detector.detect(_decode(ctx.storage.get_bytes(frame.key))))
-        ctx.progress(0.6 * (n + 1) / len(frames), "detecting faces", step=n + 1, total=len(frames))
+    alignments: dict[tuple[int, int], Alignment] = {}  # (position, face number) → its alignment
+    crop_dir = ctx.scratch / "crops"  # crops wait on local disk (not in memory) until the subject and split are known
+    crop_dir.mkdir()
+    ctx.progress(0.0, "detecting faces", step=0, total=len(kept))
+    for frame in sample_frames(local, fps=float(request["extract_fps"]), size=(info.width, info.height),
+                               keep=position_of.__contains__):
+        position = position_of[frame.index]
+        faces = detector.detect(frame.pixels)
+        per_frame.append(faces)
+        for number, face in enumerate(faces):
+            result = alignments[position, number] = estimate_alignment(face, template)
+            if result.ok:
+                (crop_dir / f"{position}_{number}.jpg").write_bytes(_encode_jpeg(warp_face(frame.pixels, result)))
+        ctx.progress(0.9 * (position + 1) / len(kept), "detecting faces", step=position + 1, total=len(kept))
     detect_s = time.perf_counter() - clock
+    if len(per_frame) != len(kept):
+        raise VideostudioError("video_changed", f"decoding the video again gave {len(per_frame)} of the {len(kept)} "
+                               "frames prepare kept")
 
     # 2. follow one subject
     tracks = link_tracks(per_frame)
     subject = main_track(tracks)
     if subject is None:
-        raise VideostudioError("no_face_detected", f"no face found in any of {len(frames)} frames")
-    detection_rate = len(subject.frames) / len(frames)
+        raise VideostudioError("no_face_detected", f"no face found in any of {len(kept)} frames")
+    detection_rate = len(subject.frames) / len(kept)
 
-    # 3. align the subject's faces
-    template = face_template(CROP_SIZE, padding)
+    # 3. the subject's faces, in frame order; crop i.jpg is record i's
     records: list[FaceRecord] = []
-    crop_dir = ctx.scratch / "crops"  # crops wait on local disk (not in memory) until the split is known
-    crop_dir.mkdir()
-    for n, (position, face) in enumerate(zip(subject.frames, subject.faces)):
-        frame = frames[position]
-        result = estimate_alignment(face, template)
+    for position, face in zip(subject.frames, subject.faces):
+        number = next(n for n, f in enumerate(per_frame[position]) if f is face)
+        frame, result = kept[position], alignments[position, number]
         records.append(FaceRecord(
-            frame_index=frame.index, time_s=frame.time_s, frame_key=frame.key,
+            frame_index=frame.index, time_s=frame.time_s,
             box=[round(float(v), 2) for v in face.box], landmarks=np.round(face.landmarks, 2).tolist(),
             score=round(face.score, 5), track_id=subject.track_id, roll_deg=result.roll_deg,
             eye_distance_px=result.eye_distance_px, fit_error=result.fit_error, rejected=result.reason,
             matrix=np.round(result.matrix, 6).tolist()))
         if result.ok:
-            crop = warp_face(_decode(ctx.storage.get_bytes(frame.key)), result)
-            (crop_dir / f"{len(records) - 1}.jpg").write_bytes(_encode_jpeg(crop))
-        ctx.progress(0.6 + 0.3 * (n + 1) / len(subject.frames), "aligning faces", step=n + 1, total=len(subject.frames))
+            (crop_dir / f"{position}_{number}.jpg").rename(crop_dir / f"{len(records) - 1}.jpg")
+    ctx.progress(0.92, "writing the dataset")
     aligned = [i for i, r in enumerate(records) if r.rejected is None]
     if len(aligned) < MIN_ALIGNED_FACES:
         reasons = Counter(r.rejected for r in records if r.rejected)
         raise VideostudioError("too_few_faces", f"only {len(aligned)} usable aligned faces (need {MIN_ALIGNED_FACES}); "
-                               f"detected in {len(subject.frames)} of {len(frames)} frames; rejected: {dict(reasons)}")
+                               f"detected in {len(subject.frames)} of {len(kept)} frames; rejected: {dict(reasons)}")
 
     # 4. split by time blocks
     plan = split_by_time_blocks([records[i].time_s for i in aligned], seed=seed)
@@ -118,7 +150,7 @@ def align(ctx: StageContext) -> StageResult:
     split_counts = Counter(r.split for r in records if r.split)
     rejected = Counter(r.rejected for r in records if r.rejected)
     metrics = {
-        "frames": len(frames),
+        "frames": len(kept),
         "faces_detected": len(subject.frames),
         "detection_rate": round(detection_rate, 4),
         "aligned": len(aligned),
@@ -132,9 +164,10 @@ def align(ctx: StageContext) -> StageResult:
         "tracks": len(tracks),
         "main_track_id": subject.track_id,
         "keyframes": detector.keyframes,
+        "refinements": detector.refinements,
         "roi_searches": detector.roi_searches,
         "detect_s": round(detect_s, 3),
-        "faces_per_s": round(len(frames) / detect_s, 2) if detect_s else None,
+        "faces_per_s": round(len(kept) / detect_s, 2) if detect_s else None,
         "crop_size": CROP_SIZE,
         "padding": padding,
     }

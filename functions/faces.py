@@ -4,17 +4,20 @@ Naive use — MTCNN on every full-resolution frame — spends nearly all its tim
 P-Net image pyramid. Two things make it much cheaper without finding fewer faces:
 - detect on a downscaled frame (the pyramid shrinks with the square of the scale) and
   map boxes and landmarks back to full resolution;
-- between keyframes, look for each known face only in a region around where it was,
-  resized so that face is a modest, fixed size. A keyframe (full-frame detection) runs
-  every `keyframe_every` frames and whenever a tracked face is lost, so new faces are
-  picked up within a fraction of a second.
+- between keyframes, follow each known face from where it was: MTCNN's second and third
+  networks (R-Net, O-Net) re-fit its box and landmarks from a few candidate boxes around the
+  last one, skipping the image pyramid entirely (~4 ms instead of ~25 ms on one CPU thread).
+  If that fails (fast motion, occlusion), a full MTCNN search in a region around the last box,
+  resized so the face is a modest, fixed size; if that fails too, a keyframe. A keyframe
+  (full-frame detection) also runs every `keyframe_every` frames, so new faces are picked up
+  within a fraction of a second.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -24,6 +27,8 @@ DEFAULT_DETECT_MAX_SIDE = 640
 DEFAULT_KEYFRAME_EVERY = 8
 ROI_FACE_PX = 64  # a tracked face is resized to about this width inside its search region
 ROI_MARGIN = 0.6  # the search region extends this many face widths beyond the last box
+REFINE_SHIFT = 0.15  # candidate boxes for R-Net: the last box moved by this share of its size in x and y
+REFINE_MIN_IOU = 0.3  # a refined box must still overlap the last one this much (else: search the region)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class Face:
     box: np.ndarray  # [x1, y1, x2, y2] in full-resolution pixels
     score: float
     landmarks: np.ndarray  # [5, 2]: right eye, left eye (as seen: image-left first), nose, mouth corners
+    # The number of the face in the previous frame's list that the detector followed to find this one
+    # (None: found afresh). It ties a track together however far the face moved between samples.
+    follows: int | None = None
 
     @property
     def width(self) -> float:
@@ -68,11 +76,17 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextmanager
+def _inference(mtcnn) -> Iterator[None]:
+    threads = single_threaded() if str(mtcnn.device).startswith("cpu") else nullcontext()
+    with threads, torch.inference_mode():
+        yield
+
+
 def _run(mtcnn, image: np.ndarray, min_face_size: int) -> list[Face]:
     """MTCNN on one RGB uint8 image. detect() returns object arrays or None: cast and normalise."""
     mtcnn.min_face_size = int(min_face_size)
-    threads = single_threaded() if str(mtcnn.device).startswith("cpu") else nullcontext()
-    with threads, torch.inference_mode():
+    with _inference(mtcnn):
         boxes, scores, landmarks = mtcnn.detect(image, landmarks=True)
     if boxes is None:
         return []
@@ -80,6 +94,36 @@ def _run(mtcnn, image: np.ndarray, min_face_size: int) -> list[Face]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     return [Face(b, float(s), l) for b, s, l in zip(boxes, scores, landmarks) if np.isfinite(s)]
+
+
+# Box arithmetic as facenet-pytorch's detect_face does it (its rerec, pad, bbreg and landmark mapping,
+# including the 1-based crop offsets), so refined faces have the same conventions as detected ones.
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Squares around the boxes' centres, side = the longer side (detect_face's `rerec`)."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    x1, y1 = boxes[:, 0] + 0.5 * (w - side), boxes[:, 1] + 0.5 * (h - side)
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
+
+
+def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Apply a network's box regression (detect_face's `bbreg`)."""
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    return boxes[:, :4] + offsets[:, :4] * np.stack([w, h, w, h], axis=1)
+
+
+def _crops(frame: np.ndarray, boxes: np.ndarray, size: int, device) -> torch.Tensor:
+    """Network input: each box cut from the frame (clamped to it), area-resized to size², scaled to [-1, 1]."""
+    height, width = frame.shape[:2]
+    batch = np.zeros((len(boxes), size, size, 3), np.uint8)
+    for n, (x1, y1, x2, y2) in enumerate(boxes):
+        x, y = max(int(x1), 1), max(int(y1), 1)
+        ex, ey = min(int(x2), width), min(int(y2), height)
+        if ex > x and ey > y:
+            batch[n] = cv2.resize(frame[y - 1:ey, x - 1:ex], (size, size), interpolation=cv2.INTER_AREA)
+    data = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
+    return (data - 127.5) * 0.0078125
 
 
 def _scaled(face: Face, scale: float, offset: tuple[float, float] = (0.0, 0.0)) -> Face:
@@ -94,6 +138,11 @@ def _suppress(faces: list[Face], threshold: float = 0.5) -> list[Face]:
         if all(iou(face.box, k.box) < threshold for k in kept):
             kept.append(face)
     return kept
+
+
+def _closest(faces: list[Face], to: Face) -> Face | None:
+    """Of the faces found near a tracked one, the one that overlaps it most (others wait for a keyframe)."""
+    return max(faces, key=lambda f: iou(f.box, to.box), default=None)
 
 
 class NaiveDetector:
@@ -118,22 +167,38 @@ class TrackingDetector:
         self._previous: list[Face] = []
         self._since_keyframe = 0
         self.keyframes = 0
-        self.roi_searches = 0
+        self.refinements = 0  # tracked faces re-fitted by R-Net + O-Net
+        self.roi_searches = 0  # tracked faces looked for with a full MTCNN search near the last box
 
     def reset(self) -> None:
         self._previous, self._since_keyframe = [], 0
 
     def detect(self, frame: np.ndarray) -> list[Face]:
-        if self._previous and self._since_keyframe < self.keyframe_every:
-            found = [f for face in self._previous for f in self._search_near(frame, face)]
-            found = _suppress(found)
-            if len(found) >= len(self._previous):  # every tracked face is still there
-                self._since_keyframe += 1
-                self._previous = found
-                return found
-        self._previous = self._keyframe(frame)
+        keyframe_due = not self._previous or self._since_keyframe >= self.keyframe_every
+        followed: list[Face] = []
+        for number, face in enumerate(self._previous):
+            found = self._refine(frame, face)
+            if found is None:  # moved too far for the refit, or turned away: search the region around it
+                found = _closest(self._search_near(frame, face), face)
+            if found is not None:
+                followed.append(replace(found, follows=number))
+        followed = _suppress(followed)
+        if not keyframe_due and len(followed) == len(self._previous):  # every tracked face is still there
+            self._since_keyframe += 1
+            self._previous = followed
+            return followed
+        # A keyframe: full detection. Faces where a followed face is are that same person.
+        faces = self._keyframe(frame)
+        taken: set[int] = set()
+        for face in followed:
+            overlaps = [(iou(face.box, f.box), n) for n, f in enumerate(faces) if n not in taken]
+            best = max(overlaps, default=(0.0, -1))
+            if best[0] >= 0.5:
+                taken.add(best[1])
+                faces[best[1]] = replace(faces[best[1]], follows=face.follows)
+        self._previous = faces
         self._since_keyframe = 0
-        return self._previous
+        return faces
 
     def _keyframe(self, frame: np.ndarray) -> list[Face]:
         self.keyframes += 1
@@ -143,6 +208,32 @@ class TrackingDetector:
             if scale < 1.0 else frame
         min_face = max(20, round(self.min_face_fraction * min(small.shape[:2])))
         return [_scaled(f, scale) for f in _run(self.mtcnn, small, min_face)]
+
+    def _refine(self, frame: np.ndarray, face: Face) -> Face | None:
+        """Re-fit a tracked face with R-Net then O-Net on boxes around its last position (no pyramid, no P-Net)."""
+        mtcnn = self.mtcnn
+        base = _square(face.box[None])[0]
+        step = REFINE_SHIFT * (base[2] - base[0])
+        shifts = np.array([(dx, dy, dx, dy) for dx in (-step, 0.0, step) for dy in (-step, 0.0, step)])
+        candidates = base[None] + shifts
+        with _inference(mtcnn):
+            offsets, probs = mtcnn.rnet(_crops(frame, candidates, 24, mtcnn.device))
+            best = int(torch.argmax(probs[:, 1]))
+            if float(probs[best, 1]) < mtcnn.thresholds[1]:
+                return None
+            box = _square(_regress(candidates[best:best + 1], offsets[best:best + 1].cpu().numpy()))
+            offsets, points, probs = mtcnn.onet(_crops(frame, box, 48, mtcnn.device))
+        score = float(probs[0, 1])
+        if score < mtcnn.thresholds[2]:
+            return None
+        self.refinements += 1
+        points = points[0].cpu().numpy()
+        w, h = box[0, 2] - box[0, 0] + 1, box[0, 3] - box[0, 1] + 1
+        landmarks = np.stack([w * points[:5] + box[0, 0] - 1, h * points[5:] + box[0, 1] - 1], axis=1)
+        refined = Face(_regress(box, offsets.cpu().numpy())[0].astype(np.float64), score, landmarks.astype(np.float64))
+        if iou(refined.box, face.box) < REFINE_MIN_IOU:
+            return None
+        return refined
 
     def _search_near(self, frame: np.ndarray, face: Face) -> list[Face]:
         self.roi_searches += 1

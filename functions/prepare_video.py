@@ -1,8 +1,10 @@
 """prepare for training jobs: probe the video, extract frames at the requested fps, keep the good ones.
 
-Frames are extracted in one streamed ffmpeg pass (never the whole video in memory);
-the kept ones are written to `jobs/<id>/prepare/frames/<index>.jpg` and every sampled
-frame, kept or dropped with its reason, is listed in `frames.jsonl`.
+Frames are sampled in one streamed ffmpeg pass (never the whole video in memory) as small
+gray thumbnails, enough to judge them. Every sampled frame, kept or dropped with its reason,
+is listed in `frames.jsonl`; the video's sha256 goes into the job's request. No full-size
+frame is written: align decodes the kept ones again from the video (a decode costs a fraction
+of encoding, storing and re-reading an image per frame), and checks the sha256 first.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import time
 from pathlib import Path
 
 from core.stage import StageContext, StageResult
-from core.video import extract_frames, probe_video
+from core.storage.base import file_sha256
+from core.video import probe_video, sample_thumbnails
 from functions.frame_quality import FrameFilter
 from schemas.brief import TrainBrief
 from schemas.dataset import FrameRecord
@@ -48,17 +51,14 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     info = probe_video(local)
     _check_video(info.width, info.height, info.duration_s)
 
-    # 2. extract and judge every sampled frame in one streamed pass
+    # 2. sample and judge every frame in one streamed pass
     clock = time.perf_counter()
     quality = FrameFilter()
-    frames_dir = ctx.scratch / "frames"
     expected = max(1, int(info.duration_s * brief.extract_fps))
-    paths: dict[int, Path] = {}
-    for frame in extract_frames(local, frames_dir, fps=brief.extract_fps, size=(info.width, info.height)):
-        quality.add(frame.index, frame.time_s, frame.thumbnail)
-        paths[frame.index] = frame.path
+    for frame in sample_thumbnails(local, fps=brief.extract_fps, size=(info.width, info.height)):
+        quality.add(frame.index, frame.time_s, frame.pixels)
         if frame.index % 25 == 0:
-            ctx.progress(0.8 * min(1.0, frame.index / expected), "extracting frames", step=frame.index, total=expected)
+            ctx.progress(0.9 * min(1.0, frame.index / expected), "checking frames", step=frame.index, total=expected)
     verdicts = quality.finish()
     extract_s = time.perf_counter() - clock
     if len(verdicts) < TRUNCATION_SHARE * expected:
@@ -69,22 +69,16 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
         raise VideostudioError("too_few_usable_frames", f"only {counts['kept']} of {counts['total']} frames are usable "
                                f"(dropped: {_dropped_summary(counts)})")
 
-    # 3. outputs: kept frames, then the frame list
-    ctx.progress(0.8, "uploading frames")
-    records = []
-    for n, verdict in enumerate(verdicts):
-        key = None
-        if verdict.reason is None:
-            key = ctx.put_output_file(f"frames/{verdict.index:06d}.jpg", paths[verdict.index], content_type="image/jpeg")
-        records.append(FrameRecord(index=verdict.index, time_s=round(verdict.time_s, 4), key=key,
-                                   mean_luma=verdict.mean_luma, sharpness=verdict.sharpness, dropped=verdict.reason))
-        if n % 100 == 0:
-            ctx.progress(0.8 + 0.2 * n / len(verdicts), "uploading frames")
+    # 3. output: the frame list
+    ctx.progress(0.9, "writing the frame list")
+    records = [FrameRecord(index=v.index, time_s=round(v.time_s, 4), mean_luma=v.mean_luma, sharpness=v.sharpness,
+                           dropped=v.reason) for v in verdicts]
     frames_key = ctx.put_output_bytes("frames.jsonl", "".join(r.model_dump_json() + "\n" for r in records).encode(),
                                       content_type="application/x-ndjson")
 
     request = brief.model_dump(mode="json")
     request["video"] = video_key
+    request["video_sha256"] = file_sha256(local)  # align decodes this video again: it must be the same one
     request["video_info"] = {"width": info.width, "height": info.height, "fps": round(info.fps, 3),
                              "duration_s": round(info.duration_s, 3), "codec": info.codec, "rotation": info.rotation,
                              "variable_frame_rate": info.variable_frame_rate, "bit_depth": info.bit_depth}
@@ -92,7 +86,7 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     if counts["kept"] < 0.5 * counts["total"]:
         warnings.append(f"prepare kept only {counts['kept']} of {counts['total']} frames ({_dropped_summary(counts)})")
     return StageResult(
-        outputs={"frames": frames_key, "frames_prefix": ctx.output_key("frames/")},
+        outputs={"frames": frames_key},
         metrics={**counts, "extract_fps": brief.extract_fps, "duration_s": round(info.duration_s, 3),
                  "source_fps": round(info.fps, 3), "extract_s": round(extract_s, 3),
                  "frames_per_s": round(counts["total"] / extract_s, 2) if extract_s else None},

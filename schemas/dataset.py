@@ -6,11 +6,14 @@ from pydantic import BaseModel, Field
 
 
 class FrameRecord(BaseModel):
-    """One line of `jobs/<id>/prepare/frames.jsonl`: every sampled frame, kept or dropped."""
+    """One line of `jobs/<id>/prepare/frames.jsonl`: every sampled frame, kept or dropped.
+
+    `index` is the frame's position among the video's frames sampled at the job's `extract_fps`
+    (`core.video.sample_frames` yields the same positions); `time_s` = index / extract_fps.
+    """
 
     index: int
     time_s: float
-    key: str | None = Field(default=None, description="Bucket key of the full-resolution JPEG (kept frames only).")
     mean_luma: float
     sharpness: float = Field(description="Variance of the Laplacian on a 256-px-wide grey thumbnail.")
     dropped: str | None = Field(default=None, description="too_dark | too_bright | blank | blurry | duplicate")
@@ -21,7 +24,6 @@ class FaceRecord(BaseModel):
 
     frame_index: int
     time_s: float
-    frame_key: str
     box: list[float] = Field(description="[x1, y1, x2, y2] in source pixels.")
     landmarks: list[list[float]] = Field(description="5 × [x, y]: eyes, nose, mouth corners (image-left first).")
     score: float

@@ -133,7 +133,7 @@ def test_outputs_faces_metadata_and_contact_sheet(aligned_job):
         assert sheet.format == "PNG" and sheet.width > 512
     assert manifest.outputs["contact_sheet"] == outputs["contact_sheet"]
     record = records_of(runner, manifest)[0]
-    assert {"time_s", "box", "landmarks", "score", "split", "frame_key"} <= set(record)
+    assert {"frame_index", "time_s", "box", "landmarks", "score", "split"} <= set(record)
     assert len(record["landmarks"]) == 5
 
 
@@ -198,3 +198,25 @@ def test_train_brief_naming_a_missing_video_fails_clearly(tmp_path):
     assert manifest.error.code == "video_not_found"
     manifest = run_job(runner, "inbox/u.yaml", b"kind: train\navatar: x\n")
     assert manifest.error.code == "missing_video"
+
+
+def test_prepare_writes_only_the_frame_list_and_align_refuses_a_replaced_video(face_video, tmp_path):
+    """prepare stores no frame images: align decodes the video again, so it must be the very same file."""
+    runner = make_runner(tmp_path / "bucket", dataset_only=True)
+    runner.storage.put_file("uploads/astronaut.mp4", face_video)
+    brief = b"kind: train\navatar: swapped\nvideo: uploads/astronaut.mp4\nextract_fps: 2\n"
+    runner.storage.put_bytes("inbox/swap.yaml", brief)
+    job_id, _ = runner.submit(StorageEvent(bucket=runner.storage.name, key="inbox/swap.yaml"))
+    assert runner.work_once(job_id=job_id)  # prepare only
+    manifest = runner.store.load(job_id)
+    assert manifest.stages["prepare"].status.value == "succeeded"
+    assert manifest.request["video_sha256"] == runner.storage.content_hash("uploads/astronaut.mp4")
+    written = [k for k in runner.storage.list_keys(f"jobs/{job_id}/prepare/") if not k.endswith("manifest.json")]
+    assert written == [manifest.stages["prepare"].outputs["frames"]]  # frames.jsonl, no images
+
+    runner.storage.put_bytes("uploads/astronaut.mp4", face_video.read_bytes()[:-1000] + b"\0" * 1000)
+    while runner.work_once(job_id=job_id):
+        pass
+    manifest = runner.store.load(job_id)
+    assert manifest.status.value == "failed" and manifest.error.code == "video_changed"
+    assert not manifest.error.retryable and manifest.stages["align"].status.value == "failed"

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.video import extract_frames, probe_video, write_mp4
+from core.video import probe_video, sample_frames, sample_thumbnails, write_mp4
 from functions.alignment import (
     CROP_SIZE,
     LANDMARK_WEIGHTS,
@@ -20,9 +20,10 @@ from functions.alignment import (
     weighted_similarity,
 )
 from functions.dataset_split import split_by_time_blocks
-from functions.faces import Face
+from functions.faces import Face, NaiveDetector, TrackingDetector
 from functions.frame_quality import FrameFilter
 from functions.tracking import link_tracks, main_track
+from synthetic_video import eyes_in_frame, render_face_frames
 
 
 def _face(x: float, y: float, size: float, score: float = 0.999) -> Face:
@@ -74,6 +75,29 @@ def test_main_track_is_the_persistent_subject_not_the_largest_face():
 
 
 # --------------------------------------------------------------------------- alignment
+def test_a_followed_face_keeps_its_track_however_far_it_jumps():
+    """At a low sampling rate a head moves more than its width between frames: geometry alone cuts its
+    track into pieces, and a static bystander then looks like the main subject. The detector's
+    `follows` links keep the moving face in one track."""
+    from dataclasses import replace
+
+    def frames(followed: bool) -> list[list[Face]]:
+        out = []
+        for n in range(20):
+            mover = _face(100 + 150 * (n % 4), 100, 80)  # jumps ~2 widths every frame
+            bystander = _face(900, 100, 80)
+            if n < 8:  # the bystander is only there for 8 frames
+                out.append([replace(mover, follows=0 if followed and n else None),
+                            replace(bystander, follows=1 if followed and n else None)])
+            else:
+                out.append([replace(mover, follows=0 if followed else None)])
+        return out
+
+    assert main_track(link_tracks(frames(followed=False))).faces[0].box[0] == 900  # the bug this prevents
+    tracks = link_tracks(frames(followed=True))
+    assert len(tracks) == 2 and len(main_track(tracks).frames) == 20 and main_track(tracks).faces[0].box[0] == 100
+
+
 def test_alignment_maps_landmarks_onto_the_template_and_rejects_bad_geometry():
     template = face_template(CROP_SIZE, 0.2)
     face = _face(300, 200, 150)
@@ -139,10 +163,35 @@ def test_rotated_video_is_probed_and_extracted_upright(tmp_path: Path):
                     str(rotated)], check=True)
     info = probe_video(rotated)
     assert info.rotation in (90, 270) and (info.width, info.height) == (48, 96)
-    extracted = list(extract_frames(rotated, tmp_path / "out", fps=6, size=(info.width, info.height), thumb_width=48))
-    assert len(extracted) == 6
-    thumb = extracted[0].thumbnail
+    thumbs = list(sample_thumbnails(rotated, fps=6, size=(info.width, info.height), thumb_width=48))
+    assert len(thumbs) == 6
+    thumb = thumbs[0].pixels
     assert thumb.shape == (96, 48)  # portrait, as displayed
     assert abs(float(thumb[:48].mean()) - float(thumb[48:].mean())) > 100  # the white half moved to top/bottom
-    full = cv2.imread(str(extracted[0].path))
-    assert full.shape[:2] == (96, 48)
+    full = list(sample_frames(rotated, fps=6, size=(info.width, info.height)))
+    assert [f.index for f in full] == [t.index for t in thumbs]
+    assert full[0].pixels.shape == (96, 48, 3)
+    assert abs(float(full[0].pixels[:48].mean()) - float(full[0].pixels[48:].mean())) > 100
+
+
+# --------------------------------------------------------------------------- tracking detector
+def test_tracked_faces_are_refitted_as_precisely_as_full_detection_and_lost_faces_fall_back():
+    """Between keyframes the R-Net/O-Net refit follows the face; its eyes are as close to the truth as
+    full-frame MTCNN's. When the face vanishes, the refit fails and the detector falls back (no ghost)."""
+    width, height, fps, face_px = 640, 360, 5, 160.0
+    frames = list(render_face_frames(3.0, fps, width, height, face_px=face_px))
+    tracker, naive = TrackingDetector(keyframe_every=100), NaiveDetector()
+
+    def eye_error(faces: list[Face], t: float) -> float:
+        eyes = eyes_in_frame(t, width, height, face_px)
+        best = min(faces, key=lambda f: float(np.abs(f.landmarks[:2] - eyes).sum()))
+        return float(np.linalg.norm(best.landmarks[:2] - eyes, axis=1).max() / np.linalg.norm(eyes[1] - eyes[0]))
+
+    tracked = [eye_error(tracker.detect(frame), n / fps) for n, frame in enumerate(frames)]
+    assert tracker.keyframes == 1 and tracker.refinements == len(frames) - 1 and tracker.roi_searches == 0
+    full = [eye_error(naive.detect(frame), n / fps) for n, frame in enumerate(frames)]
+    assert max(tracked) < 0.15 and np.median(tracked) <= np.median(full) + 0.02, (tracked, full)
+
+    blank = next(render_face_frames(1.0, fps, width, height, with_face=False))
+    assert tracker.detect(blank) == []
+    assert tracker.keyframes == 2 and tracker.roi_searches == 1  # refit failed → region search → keyframe

@@ -243,8 +243,6 @@ def test_bad_input_corpus_through_one_worker(tmp_path, up_process, videos):
                       "wall_s": round(time.monotonic() - clock, 1)})
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (docs/reliability.md): at extract_fps 1 the moving main face's "
-                   "track breaks into pieces and the longest track is the second, static face")
 def test_at_one_frame_per_second_the_persistent_face_is_still_the_subject(videos, tmp_path):
     from core.queue import SqliteQueue
     from core.runner import Runner

@@ -49,6 +49,15 @@ class ObjectInfo:
     modified: datetime
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a local file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def validate_key(key: str) -> str:
     """Refuse keys that could escape the bucket or hide in it (`..`, absolute, control characters).
 

@@ -10,7 +10,6 @@ and publishes a complete file in one step. Compare-and-swap (`if_match`) holds a
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import uuid
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.storage.base import HASH_CHUNK, ObjectInfo, ObjectNotFound, PreconditionFailed, Storage, validate_key
+from core.storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed, Storage, file_sha256, validate_key
 
 STATE_DIR = ".videostudio"  # hidden: never listed, never part of the bucket's objects
 
@@ -155,11 +154,7 @@ class LocalStorage(Storage):
         return self.path(key).as_uri()
 
     def content_hash(self, key: str) -> str:
-        digest = hashlib.sha256()
         try:
-            with open(self.path(key), "rb") as handle:
-                while chunk := handle.read(HASH_CHUNK):
-                    digest.update(chunk)
+            return file_sha256(self.path(key))
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
-        return digest.hexdigest()
