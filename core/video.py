@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -152,20 +154,58 @@ def _sampled(path: Path, fps: float):
     return ffmpeg.input(str(path)).video.filter("fps", fps=fps)
 
 
-def _read_frames(output, *, fps: float, shape: tuple[int, ...], keep: Callable[[int], bool] | None) -> Iterator[SampledFrame]:
-    """Stream fixed-size raw frames from ffmpeg's stdout, one in memory at a time."""
+_END = object()
+
+
+def _read_frames(output, *, fps: float, shape: tuple[int, ...], keep: Callable[[int], bool] | None,
+                 prefetch: int) -> Iterator[SampledFrame]:
+    """Stream fixed-size raw frames from ffmpeg's stdout.
+
+    A reader thread keeps up to `prefetch` frames ready, so ffmpeg decodes the next frames while the
+    caller works on this one (with a bare pipe, whose buffer holds a fraction of a frame, the two
+    would take turns). Memory: about `prefetch` + 2 frames.
+    """
     process = output.global_args("-loglevel", "error", "-nostdin").run_async(pipe_stdout=True, pipe_stderr=True)
     frame_bytes = int(np.prod(shape))
-    index = 0
+    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        index = 0
+        try:
+            while not stop.is_set():
+                chunk = process.stdout.read(frame_bytes)
+                if len(chunk) < frame_bytes:
+                    break
+                if keep is None or keep(index):
+                    frame = np.frombuffer(chunk, dtype=np.uint8).reshape(shape)
+                    if not hand_over(SampledFrame(index, index / fps, frame)):
+                        break
+                index += 1
+        finally:
+            hand_over(_END)
+
+    reader = threading.Thread(target=pump, name="ffmpeg-frames", daemon=True)
+    reader.start()
+    finished = False
     try:
-        while True:
-            chunk = process.stdout.read(frame_bytes)
-            if len(chunk) < frame_bytes:
-                break
-            if keep is None or keep(index):
-                yield SampledFrame(index, index / fps, np.frombuffer(chunk, dtype=np.uint8).reshape(shape))
-            index += 1
+        while (item := ready.get()) is not _END:
+            yield item
+        finished = True
     finally:
+        stop.set()
+        if not finished:  # the caller stopped early: ffmpeg's remaining output is not wanted
+            process.kill()
+        reader.join()
         process.stdout.close()
         stderr = process.stderr.read().decode(errors="replace")
         code = process.wait()
@@ -188,7 +228,7 @@ def sample_thumbnails(path: Path, *, fps: float, size: tuple[int, int], thumb_wi
     """
     thumb_w, thumb_h = thumbnail_size(size, thumb_width)
     output = _sampled(path, fps).filter("scale", thumb_w, thumb_h).output("pipe:", format="rawvideo", pix_fmt="gray")
-    yield from _read_frames(output, fps=fps, shape=(thumb_h, thumb_w), keep=None)
+    yield from _read_frames(output, fps=fps, shape=(thumb_h, thumb_w), keep=None, prefetch=64)
 
 
 def sample_frames(path: Path, *, fps: float, size: tuple[int, int],
@@ -196,4 +236,4 @@ def sample_frames(path: Path, *, fps: float, size: tuple[int, int],
     """The same samples as `sample_thumbnails`, at full resolution in RGB; `keep(index)` picks which to yield."""
     width, height = size
     output = _sampled(path, fps).output("pipe:", format="rawvideo", pix_fmt="rgb24")
-    yield from _read_frames(output, fps=fps, shape=(height, width, 3), keep=keep)
+    yield from _read_frames(output, fps=fps, shape=(height, width, 3), keep=keep, prefetch=2)

@@ -113,8 +113,14 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return boxes[:, :4] + offsets[:, :4] * np.stack([w, h, w, h], axis=1)
 
 
+def _network_input(batch: np.ndarray, device) -> torch.Tensor:
+    """[N, s, s, 3] uint8 RGB → the [N, 3, s, s] floats in [-1, 1] MTCNN's networks take."""
+    data = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float()
+    return (data - 127.5) * 0.0078125
+
+
 def _crops(frame: np.ndarray, boxes: np.ndarray, size: int, device) -> torch.Tensor:
-    """Network input: each box cut from the frame (clamped to it), area-resized to size², scaled to [-1, 1]."""
+    """Network input: each box cut from the frame (clamped to it, as detect_face does), area-resized to size²."""
     height, width = frame.shape[:2]
     batch = np.zeros((len(boxes), size, size, 3), np.uint8)
     for n, (x1, y1, x2, y2) in enumerate(boxes):
@@ -122,8 +128,39 @@ def _crops(frame: np.ndarray, boxes: np.ndarray, size: int, device) -> torch.Ten
         ex, ey = min(int(x2), width), min(int(y2), height)
         if ex > x and ey > y:
             batch[n] = cv2.resize(frame[y - 1:ey, x - 1:ex], (size, size), interpolation=cv2.INTER_AREA)
-    data = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
-    return (data - 127.5) * 0.0078125
+    return _network_input(batch, device)
+
+
+def _shifted_windows(frame: np.ndarray, box: np.ndarray, shift: float, size: int,
+                     device) -> tuple[np.ndarray, torch.Tensor] | None:
+    """R-Net input for a square `box` moved by −shift, 0 and +shift of its side in x and y (9 candidates).
+
+    One area resize of the region the candidates cover, then size² windows cut from it: nine
+    separate resizes of a large face cost several times more. Returns the candidates' boxes
+    (recomputed from the windows actually cut) and the batch; None if the region misses the frame.
+    """
+    height, width = frame.shape[:2]
+    margin = shift * (box[2] - box[0])
+    x0, y0 = int(np.floor(box[0] - margin)) - 1, int(np.floor(box[1] - margin)) - 1
+    x1, y1 = int(np.ceil(box[2] + margin)) + 1, int(np.ceil(box[3] + margin)) + 1
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return None
+    region = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # zero-padded where it leaves the frame
+    region[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = frame[sy0:sy1, sx0:sx1]
+    scale = size / (box[2] - box[0] + 1)  # a box spans x2 − x1 + 1 pixels in detect_face's convention
+    out_w, out_h = max(size, round((x1 - x0) * scale)), max(size, round((y1 - y0) * scale))
+    small = cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    kx, ky = out_w / (x1 - x0), out_h / (y1 - y0)
+    windows, boxes = [], []
+    for dx in (-margin, 0.0, margin):
+        for dy in (-margin, 0.0, margin):
+            cx = min(max(round((box[0] - 1 + dx - x0) * kx), 0), out_w - size)
+            cy = min(max(round((box[1] - 1 + dy - y0) * ky), 0), out_h - size)
+            windows.append(small[cy:cy + size, cx:cx + size])
+            left, top = x0 + cx / kx + 1, y0 + cy / ky + 1  # the window's first pixel is column x1 − 1
+            boxes.append((left, top, left + size / kx - 1, top + size / ky - 1))
+    return np.array(boxes), _network_input(np.stack(windows), device)
 
 
 def _scaled(face: Face, scale: float, offset: tuple[float, float] = (0.0, 0.0)) -> Face:
@@ -212,12 +249,12 @@ class TrackingDetector:
     def _refine(self, frame: np.ndarray, face: Face) -> Face | None:
         """Re-fit a tracked face with R-Net then O-Net on boxes around its last position (no pyramid, no P-Net)."""
         mtcnn = self.mtcnn
-        base = _square(face.box[None])[0]
-        step = REFINE_SHIFT * (base[2] - base[0])
-        shifts = np.array([(dx, dy, dx, dy) for dx in (-step, 0.0, step) for dy in (-step, 0.0, step)])
-        candidates = base[None] + shifts
+        windows = _shifted_windows(frame, _square(face.box[None])[0], REFINE_SHIFT, 24, mtcnn.device)
+        if windows is None:
+            return None
+        candidates, batch = windows
         with _inference(mtcnn):
-            offsets, probs = mtcnn.rnet(_crops(frame, candidates, 24, mtcnn.device))
+            offsets, probs = mtcnn.rnet(batch)
             best = int(torch.argmax(probs[:, 1]))
             if float(probs[best, 1]) < mtcnn.thresholds[1]:
                 return None

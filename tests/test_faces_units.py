@@ -195,3 +195,17 @@ def test_tracked_faces_are_refitted_as_precisely_as_full_detection_and_lost_face
     blank = next(render_face_frames(1.0, fps, width, height, with_face=False))
     assert tracker.detect(blank) == []
     assert tracker.keyframes == 2 and tracker.roi_searches == 1  # refit failed → region search → keyframe
+
+
+def test_stopping_a_frame_stream_early_ends_its_ffmpeg_and_reader(tmp_path: Path):
+    import threading
+
+    frames = np.zeros((60, 48, 64, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(60, dtype=np.uint8)[:, None, None] * 4
+    path = write_mp4(frames, tmp_path / "ramp.mp4", fps=30)
+    stream = sample_frames(path, fps=30, size=(64, 48), keep=lambda i: i % 2 == 0)
+    first = [next(stream) for _ in range(3)]
+    assert [f.index for f in first] == [0, 2, 4] and first[0].pixels.shape == (48, 64, 3)
+    stream.close()  # the caller stops early: ffmpeg is stopped and the reader thread ends
+    assert not [t for t in threading.enumerate() if t.name == "ffmpeg-frames"]
+    assert [f.index for f in sample_frames(path, fps=30, size=(64, 48))] == list(range(60))
