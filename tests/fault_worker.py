@@ -3,7 +3,9 @@
 It runs the real CLI (`triggers.cli.main`) after wrapping a few seams, all driven by one
 environment variable, `VS_FAULT` (JSON):
 
-- `{"kill": {"stage": "render", "at": 17}}`: SIGKILL this process (kill -9: no handler,
+- `{"kill": {"stage": "render", "at": 17}}` (or `"commit_event": 3`: the 3rd event of the commit
+  phase; with `"before_commit": true` an `at` beyond the events before the commit phase lands as
+  that phase begins): SIGKILL this process (kill -9: no handler,
   no cleanup, no flush) at the 17th *event* while stage `render` is in flight. Events are
   every storage write or delete, every queue put/ack/nack/extend and every progress report made
   by the worker thread (not the heartbeat thread, whose timing varies from run to run), counted
@@ -52,7 +54,9 @@ def _event() -> None:
         if _window["stage"] is None or _window["thread"] != threading.get_ident():
             return
         _window["events"] += 1  # type: ignore[operator]
-        hit = kill and _window["stage"] == kill["stage"] and _window["events"] == int(kill["at"])
+        hit = bool(kill) and _window["stage"] == kill["stage"] and (
+            _window["events"] == int(kill["at"]) if "at" in kill else
+            _window["commit_at"] is not None and _window["events"] - _window["commit_at"] == int(kill["commit_event"]))
     if hit:
         _die()
 
@@ -95,8 +99,15 @@ _original_commit_stage = Runner._commit_stage
 
 
 def _commit_stage(self: Runner, *args, **kwargs) -> None:
+    kill = PLAN.get("kill")
     with _lock:
         _window["commit_at"] = _window["events"]
+        # A kill meant to land before the commit phase whose event was not reached (a resumed training
+        # run has fewer events than the first): land it here, as the commit phase begins.
+        early = (bool(kill) and kill.get("before_commit") and _window["stage"] == kill["stage"]
+                 and _window["thread"] == threading.get_ident() and _window["events"] < int(kill["at"]))
+    if early:
+        _die()
     _original_commit_stage(self, *args, **kwargs)
 
 

@@ -145,9 +145,14 @@ def _campaign(tmp_path: Path, name: str, setup, input_name: str, content: str, k
                 break
             # Every kill of a stage but its last lands before the commit phase (the stage runs again); the
             # last lands inside the commit phase (stage manifest, commit marker, webhooks, next message, ack).
+            # Commit-phase kills count from the phase's start, and an early kill's event that a resumed
+            # training run (fewer steps left) never reaches lands as its commit phase begins: the
+            # reference run's counts are those of an uninterrupted stage.
             at = rng.randint(commit_at + 1, total) if done == budget - 1 else rng.randint(1, commit_at)
+            spec = ({"stage": stage, "commit_event": at - commit_at} if at > commit_at
+                    else {"stage": stage, "at": at, "before_commit": True})
             started = time.monotonic()
-            proc = start_fault_up(bucket, log, {"kill": {"stage": stage, "at": at}}, **ENV)
+            proc = start_fault_up(bucket, log, {"kill": spec}, **ENV)
             code = wait_exit(proc, timeout=300)
             if code is None:
                 stop(proc, signal.SIGKILL)
@@ -155,7 +160,8 @@ def _campaign(tmp_path: Path, name: str, setup, input_name: str, content: str, k
             assert code == -signal.SIGKILL, f"{name}: worker exited {code}\n{read_log(proc)}"
             after = job_manifests(bucket)[0]
             integrity = check_bucket_integrity(bucket)
-            trials.append({"job": name, "stage": stage, "event": at, "of_events": total, "commit_phase_from": commit_at + 1,
+            trials.append({"job": name, "stage": stage, "event": at, "kill": spec, "of_events": total,
+                           "commit_phase_from": commit_at + 1,
                            "stage_status_after": after["stages"][stage]["status"],
                            "attempts_after": after["stages"][stage]["attempts"],
                            "seconds": round(time.monotonic() - started, 2), "integrity": integrity})
