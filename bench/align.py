@@ -249,36 +249,26 @@ def mtcnn_threads(mode: str):
         faces_module.single_threaded = original
 
 
+def _timed(method, seconds: list[float]):
+    """`method`, appending each call's duration to `seconds` (a perf_counter pair costs well under a µs)."""
+    def wrapper(*args):
+        t = time.perf_counter()
+        try:
+            return method(*args)
+        finally:
+            seconds.append(time.perf_counter() - t)
+    return wrapper
+
+
 def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Progress, label: str) -> dict[str, Any]:
     """One in-order pass of a fresh TrackingDetector, with per-call timings of its three kinds of MTCNN call."""
     detector = TrackingDetector()
     keyframe_s: list[float] = []
     roi_s: list[float] = []
     refine_s: list[float] = []
-    keyframe, search_near, refine = detector._keyframe, detector._search_near, detector._refine
-
-    def timed_keyframe(frame):  # a perf_counter pair costs well under a microsecond
-        t = time.perf_counter()
-        try:
-            return keyframe(frame)
-        finally:
-            keyframe_s.append(time.perf_counter() - t)
-
-    def timed_search(frame, face):
-        t = time.perf_counter()
-        try:
-            return search_near(frame, face)
-        finally:
-            roi_s.append(time.perf_counter() - t)
-
-    def timed_refine(frame, face):
-        t = time.perf_counter()
-        try:
-            return refine(frame, face)
-        finally:
-            refine_s.append(time.perf_counter() - t)
-
-    detector._keyframe, detector._search_near, detector._refine = timed_keyframe, timed_search, timed_refine
+    detector._keyframe = _timed(detector._keyframe, keyframe_s)
+    detector._search_near = _timed(detector._search_near, roi_s)
+    detector._refine = _timed(detector._refine, refine_s)
     task = progress.add_task(label, total=len(frames))
     results, per_frame = [], []
     settle(label)
