@@ -76,6 +76,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 import synthetic_video  # noqa: E402
+from runinfo import cpu_model, git_commit  # noqa: E402  (bench/, on the path of a script run from it)
 from core.video import probe_video, sample_frames, sample_thumbnails, thumbnail_size, write_mp4  # noqa: E402
 import functions.faces as faces_module  # noqa: E402
 from functions.faces import Face, NaiveDetector, TrackingDetector  # noqa: E402
@@ -529,31 +530,17 @@ def bench_breakdown(clip: Path, info, fps: float, repeats: int, progress: Progre
 
 # ------------------------------------------------------------------------------------------ report
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     ffmpeg_version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
     import cv2
     import facenet_pytorch  # noqa: F401
     from importlib.metadata import version
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "platform": platform.platform(),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(), "platform": platform.platform(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cuda_available": torch.cuda.is_available(), "opencv": cv2.__version__,
             "facenet_pytorch": version("facenet-pytorch"), "ffmpeg": ffmpeg_version,
             "loadavg_start": os.getloadavg()}
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _other(value: float | None) -> str:

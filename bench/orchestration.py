@@ -58,6 +58,7 @@ from schemas.events import StorageEvent
 from triggers.watcher import watch_inbox
 from triggers.wiring import QUEUE_FILE
 from triggers.worker import work_until
+from runinfo import cpu_model  # bench/, on the path of a script run from it
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "out" / "orchestration.json"
@@ -354,15 +355,7 @@ LATENCY_ROWS = [
 ]
 
 def machine_info(workdir: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "platform": platform.platform(), "workdir": str(workdir), "loadavg_start": os.getloadavg()}
 
 

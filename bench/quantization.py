@@ -35,7 +35,6 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -56,6 +55,7 @@ from core.quantization import (
 )
 from core.vram_planner import ModelConfigs, model_spec
 from functions.models.mochi import quiet_library_logs
+from runinfo import cpu_model, git_commit  # bench/, on the path of a script run from it
 
 OUT = Path(__file__).resolve().parent / "out" / "quantization.json"
 FULL_DEPTH = 48
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "quantization", "command": "bench/quantization.py " + " ".join(argv or sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(), "machine": _machine(), "device": str(device),
+        "commit": git_commit(), "machine": _machine(), "device": str(device),
         "versions": _versions(), "config": {**vars(args), "full_depth": FULL_DEPTH,
                                             "transformer_params": transformer_params},
         "bf16": {"bytes": bf16_total, "target_linear_bytes": bf16_target, "all_linear_bytes": bf16_linear,
@@ -310,24 +310,10 @@ def _print(results, skew, args, bf16_total) -> None:
     console.print(second)
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 

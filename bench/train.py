@@ -54,6 +54,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runinfo import cpu_model, git_commit  # bench/, on the path of a script run from it
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "train.json"
 FULL_DEPTH = 48
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 frames=args.full_frames, size=args.full_size, progress=progress,
                                                 label=f"{name} ({FULL_DEPTH} layers, real shape)"))
     record = {
-        "benchmark": "train", "date": started.isoformat(timespec="seconds"), "commit": _git_commit(),
+        "benchmark": "train", "date": started.isoformat(timespec="seconds"), "commit": git_commit(),
         "machine": _machine(), "versions": _versions(), "load_average_start": load_start,
         "load_average_end": os.getloadavg(), "wall_s": round(time.perf_counter() - clock, 1),
         "args": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
@@ -366,26 +368,12 @@ def _print(console, results: list[dict], title: str, cuda: bool) -> None:
     console.print(table)
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
