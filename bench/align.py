@@ -261,6 +261,27 @@ def _timed(method, seconds: list[float]):
     return wrapper
 
 
+def detect_all(detector, frames: list[np.ndarray], progress: Progress, task_label: str,
+               settle_label: str) -> tuple[list[list[Face]], dict[str, Any]]:
+    """Run `detector` over `frames` in order, timed as a block (Meter) and per frame."""
+    task = progress.add_task(task_label, total=len(frames))
+    results, per_frame = [], []
+    settle(settle_label)
+    with Meter() as m:
+        for frame in frames:
+            t = time.perf_counter()
+            results.append(detector.detect(frame))
+            per_frame.append(time.perf_counter() - t)
+            progress.advance(task)
+    return results, {
+        "seconds": round(m.wall_s, 3),
+        "cpu_s": round(m.python_cpu_s, 2),
+        "other_cores": None if m.other_cores is None else round(m.other_cores, 2),
+        "frames_per_s": round(len(frames) / m.wall_s, 3),
+        "ms_per_frame_median": round(1000 * statistics.median(per_frame), 2),
+    }
+
+
 def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Progress, label: str) -> dict[str, Any]:
     """One in-order pass of a fresh TrackingDetector, with per-call timings of its three kinds of MTCNN call."""
     detector = TrackingDetector()
@@ -270,23 +291,10 @@ def tracking_pass(frames: list[np.ndarray], eyes: list[np.ndarray], progress: Pr
     detector._keyframe = _timed(detector._keyframe, keyframe_s)
     detector._search_near = _timed(detector._search_near, roi_s)
     detector._refine = _timed(detector._refine, refine_s)
-    task = progress.add_task(label, total=len(frames))
-    results, per_frame = [], []
-    settle(label)
-    with Meter() as m:
-        for frame in frames:
-            t = time.perf_counter()
-            results.append(detector.detect(frame))
-            per_frame.append(time.perf_counter() - t)
-            progress.advance(task)
-    found = [judge(faces, truth_eyes) for faces, truth_eyes in zip(results, eyes)]
+    results, timing = detect_all(detector, frames, progress, label, label)
     return {
-        "seconds": round(m.wall_s, 3),
-        "cpu_s": round(m.python_cpu_s, 2),
-        "other_cores": None if m.other_cores is None else round(m.other_cores, 2),
-        "frames_per_s": round(len(frames) / m.wall_s, 3),
-        "ms_per_frame_median": round(1000 * statistics.median(per_frame), 2),
-        "found": found,
+        **timing,
+        "found": [judge(faces, truth_eyes) for faces, truth_eyes in zip(results, eyes)],
         "keyframes": detector.keyframes,
         "roi_searches": detector.roi_searches,
         "refit_attempts": len(refine_s),
@@ -317,21 +325,10 @@ def bench_naive(frames: list[np.ndarray], eyes: list[np.ndarray], naive_every: i
     detector = NaiveDetector()
     detector.detect(frames[0])  # warm-up
     subset = list(range(0, len(frames), naive_every))
-    task = progress.add_task(f"NaiveDetector{tag} ({len(subset)} frames)", total=len(subset))
-    results, per_frame = [], []
-    settle(f"naive{tag}")
-    with Meter() as m:
-        for i in subset:
-            t = time.perf_counter()
-            results.append(detector.detect(frames[i]))
-            per_frame.append(time.perf_counter() - t)
-            progress.advance(task)
+    results, timing = detect_all(detector, [frames[i] for i in subset], progress,
+                                 f"NaiveDetector{tag} ({len(subset)} frames)", f"naive{tag}")
     return {
-        "seconds": round(m.wall_s, 3),
-        "cpu_s": round(m.python_cpu_s, 2),
-        "other_cores": None if m.other_cores is None else round(m.other_cores, 2),
-        "frames_per_s": round(len(subset) / m.wall_s, 3),
-        "ms_per_frame_median": round(1000 * statistics.median(per_frame), 2),
+        **timing,
         "every": naive_every,
         **score([judge(faces, eyes[i]) for faces, i in zip(results, subset)]),
     }
