@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +147,30 @@ def start_up(bucket: Path, log_path: Path, **env: str) -> subprocess.Popen:
                             env=worker_env(**env), start_new_session=True, cwd=bucket.parent)
     proc.log_path = log_path  # type: ignore[attr-defined]
     return proc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(root: Path, log_path: Path, env: dict[str, str], *, timeout_s: float) -> tuple[subprocess.Popen, str]:
+    """`videostudio serve` on a free port with the bucket `root/bucket`; returns once /health answers 200."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([CLI, "serve", "--bucket", str(root / "bucket"), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
 
 
 def read_log(proc: subprocess.Popen) -> str:

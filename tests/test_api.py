@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from conftest import CLI, TINY_BRIEF
+from conftest import TINY_BRIEF, start_serve
 from core.avatars import AvatarRegistry
 from core.queue import SqliteQueue
 from core.runner import Runner
@@ -482,32 +480,12 @@ def test_avatars_cli_list_deploy_delete(tmp_path):
     assert traversal.exit_code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_videostudio_serve_is_a_real_server(tmp_path):
-    port = _free_port()
     env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([CLI, "serve", "--bucket", str(tmp_path / "bucket"), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    proc, base = start_serve(tmp_path, log_path, env, timeout_s=60)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
         assert httpx.get(f"{base}/jobs").status_code == 401
         created = httpx.post(f"{base}/briefs", content=b"prompt: hi\n", params={"name": "served"},
                              headers={**AUTH, "Content-Type": "application/yaml"})

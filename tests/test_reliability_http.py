@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CLI
+from conftest import start_serve
 from reliability import full, record
 
 pytestmark = pytest.mark.slow
@@ -40,32 +40,13 @@ MAX_EXAMPLES = full(25, 200)
 MAX_TIME_S = full(24, 300)  # the API's operations with the API token; POST /events gets a third of it
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("http")
-    port = _free_port()
     env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "VIDEOSTUDIO_EVENTS_SECRET": EVENTS_SECRET,
            "VIDEOSTUDIO_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "PYTHONUNBUFFERED": "1"}
     log_path = root / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([CLI, "serve", "--bucket", str(root / "bucket"), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.2)
+    proc, base = start_serve(root, log_path, env, timeout_s=90)
     yield {"base": base, "root": root, "bucket": root / "bucket", "log": log_path}
     proc.terminate()
     proc.wait(timeout=30)
