@@ -24,7 +24,7 @@ import numpy as np
 
 from core.stage import StageContext, StageResult
 from core.storage.base import file_sha256
-from core.video import probe_video, sample_frames
+from core.video import sample_frames
 from functions.alignment import CROP_SIZE, Alignment, estimate_alignment, face_template, warp_face
 from functions.contact_sheet import sample_evenly, write_contact_sheet
 from functions.dataset_split import DEFAULT_FRACTIONS, SPLITS, split_by_time_blocks
@@ -75,7 +75,7 @@ def align(ctx: StageContext) -> StageResult:
     padding = float(request.get("face_padding", 0.2))
     template = face_template(CROP_SIZE, padding)
     local = _fetch_video(ctx, request)
-    info = probe_video(local)
+    size = (request["video_info"]["width"], request["video_info"]["height"])  # prepare probed this very file
 
     # 1. detect in time order (the tracker relies on it), and crop every face that aligns
     clock = time.perf_counter()
@@ -85,7 +85,7 @@ def align(ctx: StageContext) -> StageResult:
     crop_dir = ctx.scratch / "crops"  # crops wait on local disk (not in memory) until the subject and split are known
     crop_dir.mkdir()
     ctx.progress(0.0, "detecting faces", step=0, total=len(kept))
-    for frame in sample_frames(local, fps=float(request["extract_fps"]), size=(info.width, info.height),
+    for frame in sample_frames(local, fps=float(request["extract_fps"]), size=size,
                                keep=position_of.__contains__):
         position = position_of[frame.index]
         faces = detector.detect(frame.pixels)
