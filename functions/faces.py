@@ -263,13 +263,13 @@ class TrackingDetector:
         score = float(probs[0, 1])
         if score < mtcnn.thresholds[2]:
             return None
-        self.refinements += 1
         points = points[0].cpu().numpy()
         w, h = box[0, 2] - box[0, 0] + 1, box[0, 3] - box[0, 1] + 1
         landmarks = np.stack([w * points[:5] + box[0, 0] - 1, h * points[5:] + box[0, 1] - 1], axis=1)
         refined = Face(_regress(box, offsets.cpu().numpy())[0].astype(np.float64), score, landmarks.astype(np.float64))
         if iou(refined.box, face.box) < REFINE_MIN_IOU:
             return None
+        self.refinements += 1  # counted only when the refit is used
         return refined
 
     def _search_near(self, frame: np.ndarray, face: Face) -> list[Face]:
