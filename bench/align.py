@@ -349,7 +349,7 @@ def bench_stage(clip: Path, sample_fps: float, workdir: Path, progress: Progress
     bucket.put_file(video_key, clip, content_type="video/mp4")
     brief = TrainBrief(kind="train", avatar="bench", video=video_key, extract_fps=sample_fps, seed=0)
     manifest = JobManifest(job_id="bench", kind="train", input=InputRecord(key=video_key),
-                           request=brief.model_dump(mode="json"),
+                           request=brief,
                            versions=Versions(videostudio="bench", python=platform.python_version()),
                            stages={"prepare": StageRecord(), "align": StageRecord()})
     settings = Settings(bucket=str(bucket.root), device="cpu", progress_interval_s=0.0)
@@ -377,7 +377,8 @@ def bench_stage(clip: Path, sample_fps: float, workdir: Path, progress: Progress
         prepare_module.MIN_DURATION_S = min_duration
     progress.update(task, completed=1.0)
     manifest.stages["prepare"] = StageRecord(status=StageStatus.succeeded, attempts=1,
-                                             outputs=dict(prepared.outputs), metrics=prepared.metrics)
+                                             outputs=dict(prepared.outputs), metrics=prepared.metrics,
+                                             handoff=prepared.handoff.model_dump(mode="json"))
     manifest.request = prepared.request
 
     pm = prepared.metrics

@@ -4,12 +4,12 @@ The model is diffusers' `MochiTransformer3DModel` at Mochi 1's real widths (24 h
 3072 hidden, 1536 pooled/text stream, 4096 text embedding, swiglu FF of 8192) with reduced
 depth (`--layers`, default 2 of 48) and random weights (seeded). For each method it reports:
 
-- parameter bytes (`core.quantization.storage_bytes`: packed data, scales, quantization state),
+- parameter bytes (`functions.quantization.targets.storage_bytes`: packed data, scales, quantization state),
   and the ratio to bf16 over the quantized Linear layers, over all Linear layers, over the
   whole model, and for the whole model extrapolated to the full 48 layers (non-block bytes +
   48 × one block's measured bytes);
-- the planner's weight estimate from the config alone (`core.vram_planner`, model built on
-  the meta device) against the measured bytes;
+- the planner's weight estimate from the config alone (`functions.quantization.planner` with
+  Mochi's description, `functions.models.mochi_spec`, built on the meta device) against the measured bytes;
 - relative output error against the bf16 model on the same inputs, ‖y − y_bf16‖ / ‖y_bf16‖;
 - time per forward (median of `--repeats` after one warm-up) on this machine.
 
@@ -44,17 +44,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from core.quantization import (
-    METHODS,
-    fp8_per_channel,
-    fp8_per_tensor,
-    quantization_targets,
-    quantize_module,
-    storage_bytes,
-    unsupported_reason,
-)
-from core.vram_planner import ModelConfigs, model_spec
 from functions.models.mochi import quiet_library_logs
+from functions.models.mochi_configs import MOCHI_1_PREVIEW, ModelConfigs, model_configs
+from functions.models.mochi_spec import latent_shape, model_spec, quantization_targets, quantize_module
+from functions.quantization.jobs import RenderJob
+from functions.quantization.layers import fp8_per_channel, fp8_per_tensor
+from functions.quantization.methods import METHODS, unsupported_reason
+from functions.quantization.planner import estimate_render
+from functions.quantization.targets import storage_bytes
+from schemas.defaults import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from runinfo import cpu_model, git_commit  # bench/, on the path of a script run from it
 
 OUT = Path(__file__).resolve().parent / "out" / "quantization.json"
@@ -138,9 +136,6 @@ def gpu_render_step(method: str, *, frames: int, width: int, height: int) -> dic
     transformer weights + activations). Not run on this machine (no GPU); kept for a GPU session."""
     from diffusers import MochiTransformer3DModel
 
-    from core.vram_planner import RenderJob, estimate_render, latent_shape
-    from functions.models.mochi import MOCHI_1_PREVIEW, model_configs
-
     with torch.device("meta"):
         model = MochiTransformer3DModel()
     model = model.to_empty(device="cuda").to(torch.bfloat16).eval()
@@ -181,7 +176,7 @@ def gpu_render_step(method: str, *, frames: int, width: int, height: int) -> dic
             "step_s": step_s}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -192,7 +187,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-step-frames", type=int, default=181,
                         help="with CUDA: frames of the full-depth render step (0 skips it)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def bf16_sizes(base, *, targets: list[str], all_linear: list[str]) -> dict:
+    """The bf16 model's bytes: in all, in the target and all Linear layers, and at full depth."""
+    outside, block = block_split(base)
+    return {"bytes": storage_bytes(base), "target_linear_bytes": linear_bytes(base, targets),
+            "all_linear_bytes": linear_bytes(base, all_linear), "full_depth_bytes": outside + FULL_DEPTH * block}
+
+
+def measure(method: str, *, base, batch: dict, calib: list[dict], reference: torch.Tensor, repeats: int,
+            device: torch.device, spec, targets: list[str], all_linear: list[str], bf16: dict) -> dict:
+    """One method on a copy of `base`: bytes, planner estimate, output error and time per forward."""
+    model = copy.deepcopy(base)
+    calibrate = (lambda m=model: [forward(m, b) for b in calib]) if method == "fp8-static" else None
+    clock = time.perf_counter()
+    report = quantize_module(model, method, device=device, calibrate=calibrate)
+    quantize_s = time.perf_counter() - clock
+    output = forward(model, batch)  # warm-up (and the error)
+    times = []
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        forward(model, batch)
+        times.append(time.perf_counter() - clock)
+    error = float((output - reference).norm() / reference.norm())
+    measured = storage_bytes(model)
+    backend = report.backend
+    estimate = spec.transformer.weight_bytes(method, int8_backend="torchao" if "torchao" in backend else
+                                             "bitsandbytes")
+    outside, block = block_split(model)
+    full = outside + FULL_DEPTH * block
+    return {
+        "method": method, "available": True, "backend": backend, "layers_quantized": report.layers,
+        "bytes": measured, "target_linear_bytes": linear_bytes(model, targets),
+        "ratio_target_linear": linear_bytes(model, targets) / bf16["target_linear_bytes"],
+        "ratio_all_linear": linear_bytes(model, all_linear) / bf16["all_linear_bytes"],
+        "ratio_total": measured / bf16["bytes"],
+        "full_depth_bytes": full, "ratio_total_full_depth": full / bf16["full_depth_bytes"],
+        "planner_estimate_bytes": estimate, "planner_error": estimate / measured - 1,
+        "relative_error": error, "forward_s_median": statistics.median(times), "forward_s": times,
+        "quantize_s": quantize_s, "output_dtype": str(output.dtype), "output_shape": list(output.shape),
+    }
+
+
+def gpu_steps(results: list[dict], frames: int) -> list[dict]:
+    """`gpu_render_step` for every method that ran here (an out-of-memory step is recorded as such)."""
+    steps = []
+    for row in results:
+        if row["available"]:
+            try:
+                steps.append(gpu_render_step(row["method"], frames=frames, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT))
+            except torch.cuda.OutOfMemoryError as exc:
+                steps.append({"method": row["method"], "error": f"out of memory: {str(exc)[:200]}"})
+                torch.cuda.empty_cache()
+            console.print(steps[-1])
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     quiet_library_logs()
     torch.set_grad_enabled(False)
     started = time.time()
@@ -204,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = forward(base, batch)
     all_linear = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)]
     targets = [n for n, _ in quantization_targets(base)]
-    bf16_total = storage_bytes(base)
-    bf16_target = linear_bytes(base, targets)
-    bf16_linear = linear_bytes(base, all_linear)
-    bf16_outside, bf16_block = block_split(base)
-    bf16_full = bf16_outside + FULL_DEPTH * bf16_block
+    bf16 = bf16_sizes(base, targets=targets, all_linear=all_linear)
     transformer_params = sum(p.numel() for p in base.parameters())
     spec = model_spec(ModelConfigs("bench", mochi_config(args.layers), {"num_layers": 1}, {}))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,62 +270,25 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"method": method, "available": False, "reason": reason})
             console.print(f"[yellow]skip[/yellow] {method}: {reason}")
             continue
-        model = copy.deepcopy(base)
-        calibrate = (lambda m=model: [forward(m, b) for b in calib]) if method == "fp8-static" else None
-        clock = time.perf_counter()
-        report = quantize_module(model, method, device=device, calibrate=calibrate)
-        quantize_s = time.perf_counter() - clock
-        output = forward(model, batch)  # warm-up (and the error)
-        times = []
-        for _ in range(args.repeats):
-            clock = time.perf_counter()
-            forward(model, batch)
-            times.append(time.perf_counter() - clock)
-        error = float((output - reference).norm() / reference.norm())
-        measured = storage_bytes(model)
-        backend = report.backend
-        estimate = spec.transformer.weight_bytes(method, int8_backend="torchao" if "torchao" in backend else
-                                                 "bitsandbytes")
-        outside, block = block_split(model)
-        full = outside + FULL_DEPTH * block
-        row = {
-            "method": method, "available": True, "backend": backend, "layers_quantized": report.layers,
-            "bytes": measured, "target_linear_bytes": linear_bytes(model, targets),
-            "ratio_target_linear": linear_bytes(model, targets) / bf16_target,
-            "ratio_all_linear": linear_bytes(model, all_linear) / bf16_linear,
-            "ratio_total": measured / bf16_total,
-            "full_depth_bytes": full, "ratio_total_full_depth": full / bf16_full,
-            "planner_estimate_bytes": estimate, "planner_error": estimate / measured - 1,
-            "relative_error": error, "forward_s_median": statistics.median(times), "forward_s": times,
-            "quantize_s": quantize_s, "output_dtype": str(output.dtype), "output_shape": list(output.shape),
-        }
+        row = measure(method, base=base, batch=batch, calib=calib, reference=reference, repeats=args.repeats,
+                      device=device, spec=spec, targets=targets, all_linear=all_linear, bf16=bf16)
         results.append(row)
-        console.print(f"{method}: {measured / 2**20:.1f} MiB, error {error:.4f}, {row['forward_s_median']:.3f} s")
-        del model
+        console.print(f"{method}: {row['bytes'] / 2**20:.1f} MiB, error {row['relative_error']:.4f}, "
+                      f"{row['forward_s_median']:.3f} s")
 
-    gpu_steps: list[dict] | str = "not run: no CUDA device on this machine"
+    steps: list[dict] | str = "not run: no CUDA device on this machine"
     if torch.cuda.is_available() and args.gpu_step_frames:
         del base
-        gpu_steps = []
-        for row in results:
-            if row["available"]:
-                try:
-                    gpu_steps.append(gpu_render_step(row["method"], frames=args.gpu_step_frames, width=848, height=480))
-                except torch.cuda.OutOfMemoryError as exc:
-                    gpu_steps.append({"method": row["method"], "error": f"out of memory: {str(exc)[:200]}"})
-                    torch.cuda.empty_cache()
-                console.print(gpu_steps[-1])
+        steps = gpu_steps(results, args.gpu_step_frames)
     skew = skewed_rows(args.seed)
-    _print(results, skew, args, bf16_total)
+    _print(results, skew, args, bf16["bytes"])
     record = {
         "benchmark": "quantization", "command": "bench/quantization.py " + " ".join(argv or sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(), "machine": _machine(), "device": str(device),
         "versions": _versions(), "config": {**vars(args), "full_depth": FULL_DEPTH,
                                             "transformer_params": transformer_params},
-        "bf16": {"bytes": bf16_total, "target_linear_bytes": bf16_target, "all_linear_bytes": bf16_linear,
-                 "full_depth_bytes": bf16_full},
-        "methods": results, "per_channel_vs_per_tensor": skew, "gpu_render_step": gpu_steps,
+        "bf16": bf16, "methods": results, "per_channel_vs_per_tensor": skew, "gpu_render_step": steps,
         "wall_s": round(time.time() - started, 1),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -308,8 +321,6 @@ def _print(results, skew, args, bf16_total) -> None:
         cells = [next(v for v in skew if v["span"] == span and v["format"] == f) for f in formats]
         second.add_row(f"{span:g}", *(f"{c['relative_error']:.4f} ({c['p90_row_relative_error']:.4f})" for c in cells))
     console.print(second)
-
-
 
 
 def _machine() -> dict:

@@ -111,7 +111,8 @@ def worker(args: argparse.Namespace) -> dict:
     quiet()
     from diffusers import MochiTransformer3DModel
 
-    from functions.lora_training import LoopHooks, TrainConfig, add_lora, lora_parameters, run_training
+    from functions.lora_training import (LoopHooks, Precision, TextCondition, TrainConfig, add_lora, lora_parameters,
+                                         run_training)
 
     variant = VARIANTS[args.worker]
     cuda = torch.cuda.is_available()
@@ -182,9 +183,10 @@ def worker(args: argparse.Namespace) -> dict:
         saved["checkpoint_bytes"] = len(data)
 
     try:
-        _state, optimizer_name = run_training(model, latents, latents[:0], embeds, mask, config=config, device=device,
-                                              dtype=dtype, hooks=LoopHooks(on_step=on_step,
-                                                                           save_checkpoint=save_checkpoint))
+        _state, optimizer_name = run_training(
+            model, latents, latents[:0], text=TextCondition(embeds=embeds, mask=mask), config=config,
+            precision=Precision(device=device, dtype=dtype, mixed_precision=mixed_precision),
+            hooks=LoopHooks(on_step=on_step, save_checkpoint=save_checkpoint))
     except torch.cuda.OutOfMemoryError as exc:
         record.update(status="oom", error=str(exc).splitlines()[0][:300],
                       cuda_max_allocated=torch.cuda.max_memory_allocated(), peak_rss=maxrss_bytes(),

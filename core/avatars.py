@@ -1,4 +1,4 @@
-"""The avatar registry under `avatars/<id>/`: deploy a trained LoRA, list, look up, delete.
+"""The avatar registry under `avatars/<id>/`: deploy a trained avatar of any backend, list, look up, delete.
 
 The manifest is the commit marker: deploy copies the weights first and writes the
 manifest last; delete removes the manifest first, so a half-deleted avatar is never
@@ -7,11 +7,15 @@ rendered.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 from core.storage import Storage
 from schemas.avatar import AvatarManifest
 from schemas.errors import VideostudioError
+from schemas.handoff import TrainOutput
+from schemas.manifest import JobManifest, StageStatus
 
 AVATARS_PREFIX = "avatars/"
 
@@ -44,12 +48,15 @@ class AvatarRegistry:
                 if manifest is not None:
                     yield manifest
 
-    def deploy(self, manifest: AvatarManifest, lora_source_key: str) -> AvatarManifest:
-        """Publish weights (copied from the train job's output) and then the manifest."""
-        lora_key = avatar_prefix(manifest.avatar_id) + "lora.safetensors"
-        self.storage.put_bytes(lora_key, self.storage.get_bytes(lora_source_key),
-                               content_type="application/octet-stream")
-        manifest = manifest.model_copy(update={"lora_key": lora_key})
+    def deploy(self, manifest: AvatarManifest, weights_source_key: str) -> AvatarManifest:
+        """Publish the weights (copied from the train job's output, sha256 recorded) and then the manifest."""
+        weights = self.storage.get_bytes(weights_source_key)
+        weights_key = avatar_prefix(manifest.avatar_id) + PurePosixPath(weights_source_key).name
+        self.storage.put_bytes(weights_key, weights, content_type="application/octet-stream")
+        update = {"weights_key": weights_key, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        if manifest.lora_key is not None:  # mochi-lora names its weights `lora_key` too (schema 1)
+            update["lora_key"] = weights_key
+        manifest = manifest.model_copy(update=update)
         self.storage.put_bytes(avatar_prefix(manifest.avatar_id) + "manifest.json",
                                manifest.model_dump_json(indent=2).encode(), content_type="application/json")
         return manifest
@@ -62,12 +69,13 @@ class AvatarRegistry:
             self.storage.delete(key)
 
 
-def deploy_from_job(registry: AvatarRegistry, job) -> AvatarManifest:
-    """Deploy the avatar a succeeded train job produced (its train stage wrote `avatar.json` and the LoRA)."""
+def deploy_from_job(registry: AvatarRegistry, job: JobManifest) -> AvatarManifest:
+    """Deploy the avatar a succeeded train job produced (its train stage hands on the avatar and its weights)."""
     train = job.stages.get("train")
     if job.kind != "train" or train is None:
         raise VideostudioError("not_a_train_job", f"job {job.job_id} is a {job.kind} job; only train jobs make avatars")
-    if train.status.value != "succeeded" or "avatar" not in train.outputs or "lora" not in train.outputs:
-        raise VideostudioError("training_not_finished", f"job {job.job_id} has no trained LoRA yet")
-    manifest = AvatarManifest.model_validate_json(registry.storage.get_bytes(train.outputs["avatar"]))
-    return registry.deploy(manifest, train.outputs["lora"])
+    if train.status != StageStatus.succeeded or train.handoff is None:
+        raise VideostudioError("training_not_finished", f"job {job.job_id} has no trained avatar yet")
+    trained = TrainOutput.model_validate(train.handoff)
+    manifest = AvatarManifest.model_validate_json(registry.storage.get_bytes(trained.avatar_key))
+    return registry.deploy(manifest, trained.weights_key)

@@ -24,7 +24,6 @@ from schemas.errors import VideostudioError
 from schemas.manifest import (
     InputRecord,
     JobManifest,
-    JobStatus,
     StageManifest,
     StageRecord,
     StageStatus,
@@ -61,6 +60,11 @@ def set_stage_status(manifest: JobManifest, stage: str, new: StageStatus) -> Sta
     return record
 
 
+def add_stage_seconds(manifest: JobManifest, stage: str, seconds: float) -> None:
+    """Add one attempt's wall time to the stage's cost (kept to the millisecond)."""
+    manifest.cost.seconds[stage] = round(manifest.cost.seconds.get(stage, 0.0) + seconds, 3)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "job"
 
@@ -82,6 +86,11 @@ def stage_prefix(job_id: str, stage: str) -> str:
 
 def cancel_marker_key(job_id: str) -> str:
     return f"{JOBS_PREFIX}{job_id}/cancel-requested"
+
+
+def webhook_body_key(job_id: str, webhook_id: str) -> str:
+    """Where a webhook event's body is stored, once, so that every attempt sends the same bytes."""
+    return f"{JOBS_PREFIX}{job_id}/webhooks/{webhook_id}.json"
 
 
 @lru_cache(maxsize=8)
@@ -171,11 +180,6 @@ class ManifestStore:
         for job_id in self.job_ids():
             manifest = self.load(job_id)
             if manifest is not None:
-                yield manifest
-
-    def active(self) -> Iterator[JobManifest]:
-        for manifest in self.all():
-            if not JobStatus(manifest.status).terminal:
                 yield manifest
 
 

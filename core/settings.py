@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BUCKET = "./bucket"
+MAX_URL_EXPIRES_S = 7 * 24 * 3600  # S3 presigned URLs live at most 7 days
 
 
 class Settings(BaseSettings):
@@ -24,12 +23,14 @@ class Settings(BaseSettings):
         "and the output layers), e.g. `norm1,attn1.to_out`."))
 
     lease_s: float = Field(default=60.0, gt=0, description="Queue visibility timeout and stage heartbeat horizon.")
-    max_attempts: int = Field(default=3, ge=1, description="Attempts per stage before the job is dead-lettered.")
+    max_attempts: int = Field(default=3, ge=1, description=(
+        "Attempts per stage (counted in the job manifest) before the job fails as max_attempts_exceeded. Not the "
+        "queue's lease attempts per message (core/queue/base.py DEFAULT_LEASE_ATTEMPTS), its last-resort dead letter."))
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     watch_quiet_s: float = Field(default=1.0, ge=0, description="A file is complete after this long at a stable size.")
     progress_interval_s: float = Field(default=0.5, ge=0, description="Throttle for progress writes to the manifest.")
 
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_backoff_base_s: float = Field(default=1.0, ge=0)
     webhook_backoff_cap_s: float = Field(default=300.0, ge=0)
@@ -47,12 +48,8 @@ class Settings(BaseSettings):
         "Sign presigned URLs for this address (what users reach) instead of s3_endpoint."))
     s3_multipart_threshold_mb: int = Field(default=64, ge=5, description="Files above this upload in parts.")
     s3_multipart_chunk_mb: int = Field(default=16, ge=5, description="Part size of multipart uploads.")
-    url_expires_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600,
+    url_expires_s: int = Field(default=MAX_URL_EXPIRES_S, ge=60, le=MAX_URL_EXPIRES_S,
                                description="Lifetime of presigned output URLs in webhooks (at most 7 days).")
     events_secret: SecretStr | None = Field(default=None, description=(
         "Shared secret for POST /events (Bearer, or the password of Basic auth); unset: the API token."))
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

@@ -9,12 +9,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from core.settings import Settings
 from core.storage import Storage
+from schemas.brief import RenderBrief, TrainBrief
 from schemas.errors import VideostudioError
+from schemas.handoff import StageHandoff
 from schemas.manifest import InputRecord, JobManifest
+
+HandoffT = TypeVar("HandoffT", bound=StageHandoff)
+BriefT = TypeVar("BriefT", RenderBrief, TrainBrief)
 
 
 class JobCancelled(VideostudioError):
@@ -26,7 +33,8 @@ class JobCancelled(VideostudioError):
 class StageResult:
     outputs: dict[str, str] = field(default_factory=dict, metadata={"doc": "name → bucket key of this stage's outputs"})
     metrics: dict[str, Any] = field(default_factory=dict)
-    request: dict[str, Any] | None = None  # replaces the manifest's validated request (prepare sets it)
+    request: RenderBrief | TrainBrief | None = None  # the validated brief (prepare sets it): the manifest's `request`
+    handoff: StageHandoff | None = None  # what this stage hands on; later stages read it with ctx.handoff()
     job_outputs: dict[str, str] = field(default_factory=dict)  # promoted to the job manifest's `outputs`
     warnings: list[str] = field(default_factory=list)
     model_id: str | None = None  # recorded in the manifest's `versions.model`
@@ -51,8 +59,31 @@ class StageContext:
     _last_cancel_check: float = 0.0
 
     @property
-    def request(self) -> dict[str, Any] | None:
+    def request(self) -> RenderBrief | TrainBrief | None:
         return self.manifest.request
+
+    def brief(self, kind: type[BriefT]) -> BriefT:
+        """The job's validated brief as `kind`, or `missing_request` (prepare has not run, or another kind)."""
+        request = self.manifest.request
+        if not isinstance(request, kind):
+            raise VideostudioError("missing_request", f"stage {self.stage!r} needs the job's {kind.__name__}, "
+                                   f"which prepare records; the job has {type(request).__name__}")
+        return request
+
+    def handoff(self, record: type[HandoffT]) -> HandoffT:
+        """The typed record an earlier stage handed on (`record.stage` says which stage wrote it)."""
+        stage = self.manifest.stages.get(record.stage)
+        data = stage.handoff if stage is not None else None
+        if data is None:
+            raise VideostudioError("missing_stage_output", f"stage {self.stage!r} needs the {record.__name__} "
+                                   f"that stage {record.stage!r} hands on, and the job has none")
+        try:
+            return record.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or record.__name__
+            raise VideostudioError("invalid_stage_output", f"the {record.__name__} of stage {record.stage!r} is "
+                                   f"malformed ({where}: {first['msg']})") from None
 
     @property
     def input(self) -> InputRecord:

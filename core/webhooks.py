@@ -1,8 +1,9 @@
 """Standard Webhooks delivery: sign, POST once, and decide when to retry.
 
-Retries are durable: the runner re-queues a delivery with a delay from `next_delay`,
-so a restart never drops one. Each attempt is recorded in the job manifest, and the
-`webhook-id` stays the same across retries so receivers can deduplicate.
+Retries are durable: the runner's webhook queue (core/webhook_queue.py) re-queues a
+delivery with a delay from `next_delay`, so a restart never drops one. Each attempt is
+recorded in the job manifest, and the `webhook-id` stays the same across retries so
+receivers can deduplicate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 USER_AGENT = "videostudio-webhooks/1"
-DEFAULT_TIMEOUT_S = 10.0
 # 410 Gone is the spec's "stop sending to this endpoint".
 DISABLING_STATUS = 410
 
@@ -96,11 +96,11 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def post_once(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
-              transport: httpx.BaseTransport | None = None) -> AttemptOutcome:
+def post_once(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> AttemptOutcome:
+    """One POST; `timeout_s` comes from `Settings.webhook_timeout_s`, the one place its default is set."""
     started = time.perf_counter()
     try:
-        with httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
             response = client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         return AttemptOutcome(False, None, f"{type(exc).__name__}: {exc}"[:300], (time.perf_counter() - started) * 1e3)

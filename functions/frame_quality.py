@@ -46,6 +46,9 @@ class FrameFilter:
     """Feed thumbnails in time order with `add`; call `finish` for the verdicts."""
 
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    # Backends that pair frames with the audio at the same instant keep near-duplicates (a still face
+    # still speaks); stills-only backends drop them (functions/backends: DatasetPolicy).
+    drop_duplicates: bool = True
     verdicts: list[FrameVerdict] = field(default_factory=list)
     _last_kept: np.ndarray | None = None
 
@@ -59,7 +62,7 @@ class FrameFilter:
             verdict.reason = "too_bright"
         elif std < t.min_luma_std:
             verdict.reason = "blank"
-        elif self._last_kept is not None and _mad(thumb, self._last_kept) < t.duplicate_mad:
+        elif self.drop_duplicates and self._last_kept is not None and _mad(thumb, self._last_kept) < t.duplicate_mad:
             verdict.reason = "duplicate"
         else:
             self._last_kept = thumb.copy()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core.storage import Storage
-from functions.presets import TEMPORAL_COMPRESSION
+from functions.models.mochi_configs import TEMPORAL_COMPRESSION
 
 
 @dataclass(frozen=True)

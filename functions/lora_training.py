@@ -132,17 +132,36 @@ def sample_noise(latents: torch.Tensor, seed: int, index: int) -> tuple[torch.Te
     return sigma, noise
 
 
-def flow_matching_loss(transformer, latents, noise, sigma, embeds, mask, device, dtype, mixed_precision) -> torch.Tensor:
+@dataclass(frozen=True)
+class TextCondition:
+    """The caption's text-encoder output, computed once: every clip of an avatar shares one caption."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where and in which precision the transformer runs (`mixed_precision`: bf16 | fp16 | no)."""
+
+    device: str
+    dtype: torch.dtype
+    mixed_precision: str
+
+
+def flow_matching_loss(transformer, latents: torch.Tensor, *, noise: torch.Tensor, sigma: torch.Tensor,
+                       text: TextCondition, precision: Precision) -> torch.Tensor:
+    device, dtype = precision.device, precision.dtype
     latents, noise, sigma = latents.to(device), noise.to(device), sigma.to(device)
     s = sigma.view(-1, 1, 1, 1, 1)
     noisy = (1.0 - s) * latents + s * noise
     target = noise - latents
     batch = latents.shape[0]
-    with autocast_for(device, mixed_precision):
+    with autocast_for(device, precision.mixed_precision):
         prediction = transformer(
             hidden_states=noisy.to(dtype),
-            encoder_hidden_states=embeds.expand(batch, -1, -1).to(device=device, dtype=dtype),
-            encoder_attention_mask=mask.expand(batch, -1).to(device),
+            encoder_hidden_states=text.embeds.expand(batch, -1, -1).to(device=device, dtype=dtype),
+            encoder_attention_mask=text.mask.expand(batch, -1).to(device),
             timestep=(sigma * 1000.0).to(dtype),
             return_dict=False,
         )[0]
@@ -150,8 +169,8 @@ def flow_matching_loss(transformer, latents, noise, sigma, embeds, mask, device,
 
 
 @torch.no_grad()
-def evaluate(transformer, latents: torch.Tensor, embeds, mask, *, seed: int, batch_size: int, device: str,
-             dtype: torch.dtype, mixed_precision: str) -> float | None:
+def evaluate(transformer, latents: torch.Tensor, *, text: TextCondition, seed: int, batch_size: int,
+             precision: Precision) -> float | None:
     """Mean loss with noise and σ fixed per clip (same every call), so epochs are comparable."""
     if latents.shape[0] == 0:
         return None
@@ -161,7 +180,7 @@ def evaluate(transformer, latents: torch.Tensor, embeds, mask, *, seed: int, bat
     for start in range(0, latents.shape[0], batch_size):
         chunk = latents[start:start + batch_size]
         sigma, noise = sample_noise(chunk, seed + EVAL_SEED_OFFSET, start)
-        loss = flow_matching_loss(transformer, chunk, noise, sigma, embeds, mask, device, dtype, mixed_precision)
+        loss = flow_matching_loss(transformer, chunk, noise=noise, sigma=sigma, text=text, precision=precision)
         total += loss.item() * chunk.shape[0]
     transformer.train(was_training)
     return total / latents.shape[0]
@@ -209,76 +228,103 @@ def steps_per_epoch(num_clips: int, config: TrainConfig) -> int:
     return math.ceil(micro / config.grad_accumulation)
 
 
-def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Tensor, embeds, mask, *,
-                 config: TrainConfig, device: str, dtype: torch.dtype, resume: bytes | None = None,
+def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Tensor, *, text: TextCondition,
+                 config: TrainConfig, precision: Precision, resume: bytes | None = None,
                  hooks: LoopHooks | None = None) -> tuple[TrainState, str]:
-    hooks = hooks or LoopHooks()
     params = lora_parameters(transformer)
     optimizer, optimizer_name = make_optimizer(params, config)
-    per_epoch = steps_per_epoch(train_latents.shape[0], config)
-    total_steps = per_epoch * config.epochs
+    total_steps = steps_per_epoch(train_latents.shape[0], config) * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     warmup = config.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" and device == "cuda" else None
+    fp16 = config.mixed_precision == "fp16" and precision.device == "cuda"
     state = restore_checkpoint(resume, transformer, optimizer, scheduler) if resume else TrainState()
+    loop = _TrainingLoop(transformer=transformer, train_latents=train_latents, val_latents=val_latents, text=text,
+                         config=config, precision=precision, optimizer=optimizer, scheduler=scheduler,
+                         scaler=torch.amp.GradScaler("cuda") if fp16 else None, params=params,
+                         total_steps=total_steps, hooks=hooks or LoopHooks())
     with torch.enable_grad():  # whatever mode the caller's thread was left in
-        _loop(transformer, train_latents, val_latents, embeds, mask, config, device, dtype, optimizer, scheduler,
-              scaler, params, state, total_steps, hooks)
+        loop.run(state)
     return state, optimizer_name
 
 
-def _loop(transformer, train_latents, val_latents, embeds, mask, config, device, dtype, optimizer, scheduler, scaler,
-          params, state: TrainState, total_steps: int, hooks: LoopHooks) -> None:
-    transformer.train()
-    clock, steps_at_start = time.perf_counter(), state.global_step
-    micro_per_epoch = math.ceil(train_latents.shape[0] / config.batch_size)
+@dataclass
+class _TrainingLoop:
+    """Epochs of optimizer steps, each of up to grad_accumulation micro-batches."""
 
-    while state.epoch < config.epochs and state.global_step < total_steps:
-        order = torch.randperm(train_latents.shape[0], generator=_generator(config.seed, state.epoch))
-        while state.micro_in_epoch < micro_per_epoch and state.global_step < total_steps:
-            # One optimizer step: up to grad_accumulation micro-batches.
-            group = range(state.micro_in_epoch, min(micro_per_epoch, state.micro_in_epoch + config.grad_accumulation))
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for micro in group:
-                index = order[micro * config.batch_size:(micro + 1) * config.batch_size]
-                latents = train_latents[index]
-                sigma, noise = sample_noise(latents, config.seed, state.epoch * micro_per_epoch + micro)
-                loss = flow_matching_loss(transformer, latents, noise, sigma, embeds, mask, device, dtype,
-                                          config.mixed_precision)
-                scaled = loss / len(group)
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += loss.item() / len(group)
-                state.epoch_loss_sum += loss.item()
-                state.epoch_loss_count += 1
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            state.micro_in_epoch = group.stop
-            state.global_step += 1
-            state.history["step_loss"].append(round(step_loss, 6))
-            done = state.global_step - steps_at_start
-            hooks.on_step(state, total_steps, step_loss, done / max(time.perf_counter() - clock, 1e-9))
-            epoch_over = state.micro_in_epoch >= micro_per_epoch
-            if epoch_over:
-                state.history["train_loss"].append(round(state.epoch_loss_sum / max(1, state.epoch_loss_count), 6))
-                val = evaluate(transformer, val_latents, embeds, mask, seed=config.seed, batch_size=config.batch_size,
-                               device=device, dtype=dtype, mixed_precision=config.mixed_precision)
-                state.history["val_loss"].append(None if val is None else round(val, 6))
-                state.epoch += 1
-                state.micro_in_epoch = 0
-                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
-                hooks.on_epoch(state)
-            if state.global_step % config.checkpoint_every == 0 or state.global_step >= total_steps:
-                hooks.save_checkpoint(state.global_step, checkpoint_bytes(transformer, optimizer, scheduler, state))
-            if epoch_over:
-                break  # the next epoch draws its own clip order
-    transformer.eval()
+    transformer: torch.nn.Module
+    train_latents: torch.Tensor
+    val_latents: torch.Tensor
+    text: TextCondition
+    config: TrainConfig
+    precision: Precision
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    params: list[torch.nn.Parameter]
+    total_steps: int
+    hooks: LoopHooks
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return math.ceil(self.train_latents.shape[0] / self.config.batch_size)
+
+    def run(self, state: TrainState) -> None:
+        self.transformer.train()
+        clock, steps_at_start = time.perf_counter(), state.global_step
+        while state.epoch < self.config.epochs and state.global_step < self.total_steps:
+            order = torch.randperm(self.train_latents.shape[0], generator=_generator(self.config.seed, state.epoch))
+            while state.micro_in_epoch < self.micro_per_epoch and state.global_step < self.total_steps:
+                step_loss = self._step(state, order)
+                done = state.global_step - steps_at_start
+                self.hooks.on_step(state, self.total_steps, step_loss, done / max(time.perf_counter() - clock, 1e-9))
+                epoch_over = state.micro_in_epoch >= self.micro_per_epoch
+                if epoch_over:
+                    self._end_epoch(state)
+                if state.global_step % self.config.checkpoint_every == 0 or state.global_step >= self.total_steps:
+                    self.hooks.save_checkpoint(state.global_step, checkpoint_bytes(
+                        self.transformer, self.optimizer, self.scheduler, state))
+                if epoch_over:
+                    break  # the next epoch draws its own clip order
+        self.transformer.eval()
+
+    def _step(self, state: TrainState, order: torch.Tensor) -> float:
+        """One optimizer step over the next micro-batches of the epoch; returns its mean loss."""
+        config = self.config
+        group = range(state.micro_in_epoch, min(self.micro_per_epoch, state.micro_in_epoch + config.grad_accumulation))
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in group:
+            latents = self.train_latents[order[micro * config.batch_size:(micro + 1) * config.batch_size]]
+            sigma, noise = sample_noise(latents, config.seed, state.epoch * self.micro_per_epoch + micro)
+            loss = flow_matching_loss(self.transformer, latents, noise=noise, sigma=sigma, text=self.text,
+                                      precision=self.precision)
+            scaled = loss / len(group)
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            step_loss += loss.item() / len(group)
+            state.epoch_loss_sum += loss.item()
+            state.epoch_loss_count += 1
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        state.micro_in_epoch = group.stop
+        state.global_step += 1
+        state.history["step_loss"].append(round(step_loss, 6))
+        return step_loss
+
+    def _end_epoch(self, state: TrainState) -> None:
+        state.history["train_loss"].append(round(state.epoch_loss_sum / max(1, state.epoch_loss_count), 6))
+        val = evaluate(self.transformer, self.val_latents, text=self.text, seed=self.config.seed,
+                       batch_size=self.config.batch_size, precision=self.precision)
+        state.history["val_loss"].append(None if val is None else round(val, 6))
+        state.epoch += 1
+        state.micro_in_epoch = 0
+        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+        self.hooks.on_epoch(state)

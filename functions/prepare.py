@@ -1,23 +1,28 @@
 """prepare: read the input, validate it, and resolve what the next stages will do.
 
-For a render brief that means the preset, the frame count snapped to 6k+1 and the
-model; the resolved plan becomes the job's validated `request`.
+The validated brief becomes the job's `request`. For a render brief, prepare also resolves
+the preset, the frame count snapped to 6k+1, the model and the avatar's backend into the plan
+it hands on (`RenderPrepared`); a training video is probed and its frames judged
+(prepare_video.py).
 """
 
 from __future__ import annotations
 
 from core.avatars import AvatarRegistry
+from core.storage import Storage
 from core.stage import StageContext, StageResult
+from functions.backends import get_backend
 from functions.prepare_video import default_train_brief, prepare_training_video
 from functions.presets import resolve_render_plan
 from schemas.brief import RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
+from schemas.handoff import RenderPrepared
 
 BRIEF_SUFFIXES = (".yaml", ".yml", ".json")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 
 
-def classify_input(storage, key: str) -> str:
+def classify_input(storage: Storage, key: str) -> str:
     """The job kind for an input key: a bare video trains; a brief says its own kind (default render)."""
     lower = key.lower()
     if lower.endswith(VIDEO_SUFFIXES):
@@ -52,23 +57,22 @@ def prepare(ctx: StageContext) -> StageResult:
 
 
 def _prepare_render(ctx: StageContext, brief: RenderBrief) -> StageResult:
-    avatar = AvatarRegistry(ctx.storage).require(brief.avatar) if brief.avatar else None
-    plan = resolve_render_plan(brief, ctx.settings, avatar=avatar)
-    if avatar is not None and avatar.base_model != plan.model:
-        raise VideostudioError("avatar_model_mismatch", f"avatar {avatar.avatar_id!r} was trained on "
-                               f"{avatar.base_model!r}; this brief renders with {plan.model!r}")
+    if brief.avatar:
+        avatar = AvatarRegistry(ctx.storage).require(brief.avatar)
+        plan = get_backend(avatar.backend).plan_render(brief, avatar, ctx.settings)
+    else:
+        plan = resolve_render_plan(brief, ctx.settings)
     warnings = []
     if plan.frames_snapped:
         warnings.append(f"frame count snapped from {plan.frames_requested} to {plan.num_frames} (Mochi needs 6k+1 frames)")
     if plan.random_weights:
         warnings.append("model 'tiny' has random weights: the video is noise, useful only to test the pipeline")
-    request = brief.model_dump(mode="json")
-    request["plan"] = plan.model_dump(mode="json")
     ctx.put_output_bytes("plan.json", plan.model_dump_json(indent=2).encode(), content_type="application/json")
     return StageResult(
         outputs={"plan": ctx.output_key("plan.json")},
         metrics={"num_frames": plan.num_frames, "frames_requested": plan.frames_requested,
                  "frames_snapped": plan.frames_snapped, "steps": plan.steps, "duration_s": plan.duration_s},
-        request=request,
+        request=brief,
+        handoff=RenderPrepared(plan=plan),
         warnings=warnings,
     )

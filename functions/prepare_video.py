@@ -2,7 +2,9 @@
 
 Frames are sampled in one streamed ffmpeg pass (never the whole video in memory) as small
 gray thumbnails, enough to judge them. Every sampled frame, kept or dropped with its reason,
-is listed in `frames.jsonl`; the video's sha256 goes into the job's request. No full-size
+is listed in `frames.jsonl`; the video's key, sha256 and probe are handed on to align
+(`DatasetPrepared`). The avatar backend's `DatasetPolicy` says at which fps frames are
+sampled and whether near-duplicates are dropped. No full-size
 frame is written: align decodes the kept ones again from the video (a decode costs a fraction
 of encoding, storing and re-reading an image per frame), and checks the sha256 first.
 """
@@ -16,10 +18,12 @@ from pathlib import Path
 from core.stage import StageContext, StageResult
 from core.storage.base import file_sha256
 from core.video import probe_video, sample_thumbnails
+from functions.backends import get_backend
 from functions.frame_quality import FrameFilter
 from schemas.brief import TrainBrief
 from schemas.dataset import FrameRecord
 from schemas.errors import VideostudioError
+from schemas.handoff import DatasetPrepared, VideoProbe
 
 MIN_DURATION_S = 30.0
 MAX_DURATION_S = 600.0
@@ -42,6 +46,9 @@ def default_train_brief(key: str) -> TrainBrief:
 
 def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     video_key = brief.video or ctx.input.key
+    backend = get_backend(brief.backend)  # before any work: an unknown backend is the brief's error
+    policy = backend.dataset
+    sample_fps = policy.sample_fps(brief)
     if ctx.storage.stat(video_key) is None:
         raise VideostudioError("video_not_found", f"the training video {video_key!r} is not in the bucket")
 
@@ -53,9 +60,9 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
 
     # 2. sample and judge every frame in one streamed pass
     clock = time.perf_counter()
-    quality = FrameFilter()
-    expected = max(1, int(info.duration_s * brief.extract_fps))
-    for frame in sample_thumbnails(local, fps=brief.extract_fps, size=(info.width, info.height)):
+    quality = FrameFilter(drop_duplicates=policy.drop_duplicates)
+    expected = max(1, int(info.duration_s * sample_fps))
+    for frame in sample_thumbnails(local, fps=sample_fps, size=(info.width, info.height)):
         quality.add(frame.index, frame.time_s, frame.pixels)
         if frame.index % 25 == 0:
             ctx.progress(0.9 * min(1.0, frame.index / expected), "checking frames", step=frame.index, total=expected)
@@ -63,7 +70,7 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     extract_s = time.perf_counter() - clock
     if len(verdicts) < TRUNCATION_SHARE * expected:
         raise VideostudioError("truncated_video", f"the video claims {info.duration_s:.1f} s but only "
-                               f"{len(verdicts) / brief.extract_fps:.1f} s could be decoded: the file is cut short")
+                               f"{len(verdicts) / sample_fps:.1f} s could be decoded: the file is cut short")
     counts = quality.counts()
     if counts["kept"] < MIN_KEPT_FRAMES:
         raise VideostudioError("too_few_usable_frames", f"only {counts['kept']} of {counts['total']} frames are usable "
@@ -76,21 +83,23 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     frames_key = ctx.put_output_bytes("frames.jsonl", "".join(r.model_dump_json() + "\n" for r in records).encode(),
                                       content_type="application/x-ndjson")
 
-    request = brief.model_dump(mode="json")
-    request["video"] = video_key
-    request["video_sha256"] = file_sha256(local)  # align decodes this video again: it must be the same one
-    request["video_info"] = {"width": info.width, "height": info.height, "fps": round(info.fps, 3),
-                             "duration_s": round(info.duration_s, 3), "codec": info.codec, "rotation": info.rotation,
-                             "variable_frame_rate": info.variable_frame_rate, "bit_depth": info.bit_depth}
+    prepared = DatasetPrepared(
+        video_key=video_key,
+        video_sha256=file_sha256(local),  # align decodes this video again: it must be the same one
+        video=VideoProbe(width=info.width, height=info.height, fps=round(info.fps, 3),
+                         duration_s=round(info.duration_s, 3), codec=info.codec, rotation=info.rotation,
+                         variable_frame_rate=info.variable_frame_rate, bit_depth=info.bit_depth),
+        frames_key=frames_key, sample_fps=sample_fps, backend=backend.name)
     warnings = []
     if counts["kept"] < 0.5 * counts["total"]:
         warnings.append(f"prepare kept only {counts['kept']} of {counts['total']} frames ({_dropped_summary(counts)})")
     return StageResult(
         outputs={"frames": frames_key},
-        metrics={**counts, "extract_fps": brief.extract_fps, "duration_s": round(info.duration_s, 3),
+        metrics={**counts, "extract_fps": sample_fps, "duration_s": round(info.duration_s, 3),
                  "source_fps": round(info.fps, 3), "extract_s": round(extract_s, 3),
                  "frames_per_s": round(counts["total"] / extract_s, 2) if extract_s else None},
-        request=request,
+        request=brief.model_copy(update={"video": video_key}),
+        handoff=prepared,
         warnings=warnings,
     )
 

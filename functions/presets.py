@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.settings import Settings
-from schemas.avatar import AvatarManifest
+from functions.models.mochi_configs import TEMPORAL_COMPRESSION, TINY_MODEL
 from schemas.brief import RenderBrief
 from schemas.plan import RenderPlan
 
-NATIVE_WIDTH, NATIVE_HEIGHT, NATIVE_FPS = 848, 480, 30
-TEMPORAL_COMPRESSION = 6  # Mochi's VAE: frame counts are 6k+1
 
 
 @dataclass(frozen=True)
@@ -32,8 +30,8 @@ def snap_frames(requested: int) -> int:
     return TEMPORAL_COMPRESSION * k + 1
 
 
-def resolve_render_plan(brief: RenderBrief, settings: Settings, *, avatar: AvatarManifest | None = None) -> RenderPlan:
-    """The brief's choices made concrete. With an avatar, its trigger token leads the prompt."""
+def resolve_render_plan(brief: RenderBrief, settings: Settings) -> RenderPlan:
+    """The brief's choices made concrete (an avatar's backend adds what it renders with)."""
     preset = PRESETS[brief.preset]
     if brief.num_frames is not None:
         requested = brief.num_frames
@@ -41,11 +39,8 @@ def resolve_render_plan(brief: RenderBrief, settings: Settings, *, avatar: Avata
         requested = max(1, round((brief.duration_s or preset.duration_s) * brief.fps))
     frames = snap_frames(requested)
     model = brief.model or settings.model
-    prompt = brief.prompt
-    if avatar is not None and avatar.trigger_token not in prompt:
-        prompt = f"{avatar.trigger_token}, {prompt}"
     return RenderPlan(
-        prompt=prompt,
+        prompt=brief.prompt,
         negative_prompt=brief.negative_prompt,
         preset=brief.preset,
         model=model,
@@ -60,8 +55,5 @@ def resolve_render_plan(brief: RenderBrief, settings: Settings, *, avatar: Avata
         duration_s=round(frames / brief.fps, 4),
         guidance_scale=brief.guidance_scale,
         quantization=brief.quantization,
-        avatar=brief.avatar,
-        avatar_strength=brief.avatar_strength,
-        lora_key=avatar.lora_key if avatar else None,
-        random_weights=model == "tiny",
+        random_weights=model == TINY_MODEL,
     )

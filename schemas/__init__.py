@@ -3,4 +3,4 @@
 This package imports nothing else from the project; everything else imports it.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `request` is the brief alone; stage records carry a typed `handoff`

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from schemas.defaults import DEFAULT_FPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from schemas.errors import VideostudioError
 
 Preset = Literal["fast", "balanced", "quality"]
@@ -36,6 +37,7 @@ MAX_PROMPT_CHARS = 10_000  # far above any text encoder's window; bounds manifes
 MAX_SIDE = 2048
 MAX_BRIEF_BYTES = 1_000_000
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_BACKEND = "mochi-lora"
 
 
 class WebhookSpec(BaseModel):
@@ -73,10 +75,10 @@ class RenderBrief(_BriefBase):
         default=None, ge=1, le=1801, description="Exact frame count (snapped to 6k+1); overrides duration_s."
     )
     steps: int | None = Field(default=None, description="Denoising steps; overrides the preset.")
-    fps: int = Field(default=30, ge=1, le=120)
-    width: int = Field(default=848, description="Multiple of 16.")
-    height: int = Field(default=480, description="Multiple of 16.")
-    guidance_scale: float = Field(default=4.5, ge=0, le=30)
+    fps: int = Field(default=DEFAULT_FPS, ge=1, le=120)
+    width: int = Field(default=DEFAULT_WIDTH, description="Multiple of 16.")
+    height: int = Field(default=DEFAULT_HEIGHT, description="Multiple of 16.")
+    guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=30)
     quantization: Quantization = "auto"
     avatar: str | None = Field(default=None, pattern=ID_PATTERN)
     avatar_strength: float = Field(default=1.0, ge=0, le=2)
@@ -131,7 +133,9 @@ class TrainBrief(_BriefBase):
         "a bare video dropped into inbox/ sets it implicitly."
     )
     extract_fps: float = Field(default=25, gt=0, le=60)
-    backend: Literal["mochi-lora"] = "mochi-lora"
+    backend: str = Field(default=DEFAULT_BACKEND, pattern=ID_PATTERN, description=(
+        "The avatar backend that trains and renders the avatar (functions/backends): mochi-lora. "
+        "An unknown one fails the job with `unknown_backend`."))
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=4, ge=1, le=256)
     learning_rate: float = Field(default=2.0e-5, gt=0, le=1)

@@ -9,10 +9,12 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import SCHEMA_VERSION
+from schemas.brief import Brief
 from schemas.errors import ErrorInfo
+from schemas.migrations import upgrade_job_manifest
 
 
 def utcnow() -> datetime:
@@ -63,6 +65,8 @@ class StageRecord(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     progress: StageProgress | None = None
     error: ErrorInfo | None = None
+    handoff: dict[str, Any] | None = Field(default=None, description=(
+        "What the stage hands on to later stages: its typed record (schemas/handoff.py), read with ctx.handoff()."))
 
 
 class InputRecord(BaseModel):
@@ -117,7 +121,8 @@ class JobManifest(BaseModel):
     kind: str
     status: JobStatus = JobStatus.queued
     input: InputRecord
-    request: dict[str, Any] | None = Field(default=None, description="The validated request (set by prepare).")
+    request: Brief | None = Field(default=None, description=(
+        "The validated brief and nothing else (set by prepare). Facts stages derive are in their `handoff`."))
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     error: ErrorInfo | None = None
@@ -129,6 +134,12 @@ class JobManifest(BaseModel):
     cost: Cost = Field(default_factory=Cost)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        # Manifests written by older versions load as the current schema (see schemas/migrations.py).
+        return upgrade_job_manifest(data) if isinstance(data, dict) else data
 
     def current_stage(self) -> str | None:
         """The first stage of the route that has not succeeded."""
@@ -151,3 +162,4 @@ class StageManifest(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    handoff: dict[str, Any] | None = None

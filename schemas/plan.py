@@ -1,4 +1,4 @@
-"""The resolved render plan: what prepare decides and render executes."""
+"""The resolved render plan: what prepare (or a train job's preview) decides and render executes."""
 
 from __future__ import annotations
 
@@ -25,5 +25,6 @@ class RenderPlan(BaseModel):
     quantization: str
     avatar: str | None = None
     avatar_strength: float = 1.0
-    lora_key: str | None = Field(default=None, description="The avatar's LoRA weights in the bucket.")
+    backend: str | None = Field(default=None, description="The avatar's backend, which renders this plan.")
+    weights_key: str | None = Field(default=None, description="The avatar's weights in the bucket.")
     random_weights: bool = Field(description="True for the tiny offline model: its output is noise.")

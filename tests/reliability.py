@@ -102,15 +102,25 @@ def _check_file(path: Path) -> None:
         assert len(data) > 0 or name.endswith((".yaml", ".yml")), path
 
 
+def handoff_keys(record: dict) -> set[str]:
+    """Bucket keys a stage's typed record hands on (fields named `*_key`, nested plans included)."""
+    keys: set[str] = set()
+    for name, value in record.items():
+        if isinstance(value, dict):
+            keys |= handoff_keys(value)
+        elif name.endswith("_key") and isinstance(value, str):
+            keys.add(value)
+    return keys
+
+
 def referenced_keys(manifest: dict) -> set[str]:
     """Every bucket key a committed job manifest points at."""
     keys: set[str] = set()
     for record in manifest.get("stages", {}).values():
         keys.update(record.get("outputs", {}).values())
     keys.update(manifest.get("outputs", {}).values())
-    plan = (manifest.get("request") or {}).get("plan") or {}
-    if plan.get("lora_key"):
-        keys.add(plan["lora_key"])
+    for record in manifest.get("stages", {}).values():
+        keys |= handoff_keys(record.get("handoff") or {})
     for delivery in manifest.get("webhooks", []):
         keys.add(f"jobs/{manifest['job_id']}/webhooks/{delivery['webhook_id']}.json")
     return keys
@@ -141,7 +151,7 @@ def check_bucket_integrity(bucket: Path) -> dict[str, int]:
     for path in (bucket / "avatars").glob("*/manifest.json") if (bucket / "avatars").exists() else []:
         avatar = json.loads(path.read_text())
         manifests += 1
-        keys.add(avatar["lora_key"])
+        keys.add(avatar["weights_key"])
     for pointer in (bucket / "jobs").glob("*/train/checkpoints/latest.json") if (bucket / "jobs").exists() else []:
         keys.add(json.loads(pointer.read_text())["key"])
     files = 0

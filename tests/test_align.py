@@ -71,7 +71,7 @@ def test_train_brief_runs_prepare_then_align(aligned_job):
     assert list(manifest.stages) == ["prepare", "align"]
     prepare = manifest.stages["prepare"].metrics
     assert prepare["total"] == 160 and prepare["kept"] >= 150  # 32 s at 5 fps; the source has no repeats
-    assert manifest.request["avatar"] == "astronaut" and manifest.request["video_info"]["duration_s"] == 32.0
+    assert manifest.request.avatar == "astronaut" and manifest.stages["prepare"].handoff["video"]["duration_s"] == 32.0
 
 
 def test_detection_rate_and_alignment(aligned_job):
@@ -85,7 +85,7 @@ def test_detection_rate_and_alignment(aligned_job):
 
 def test_eye_centres_land_on_the_template(aligned_job):
     runner, manifest = aligned_job
-    template_eyes = face_template(CROP_SIZE, manifest.request["face_padding"])[:2]
+    template_eyes = face_template(CROP_SIZE, manifest.request.face_padding)[:2]
     errors = []
     for record in records_of(runner, manifest):
         if record["rejected"]:
@@ -141,8 +141,8 @@ def test_bare_video_in_inbox_trains_an_avatar_named_after_the_file(face_video, t
     runner = make_runner(tmp_path / "bucket", dataset_only=True)
     manifest = run_job(runner, "inbox/Eileen Collins.mp4", face_video.read_bytes())
     assert manifest.status.value == "succeeded", manifest.error
-    assert manifest.kind == "train" and manifest.request["avatar"] == "eileen-collins"
-    assert manifest.request["extract_fps"] == 25
+    assert manifest.kind == "train" and manifest.request.avatar == "eileen-collins"
+    assert manifest.request.extract_fps == 25
     prepare = manifest.stages["prepare"].metrics
     # 25 fps sampling of a 10 fps source repeats frames: they are dropped as duplicates.
     assert prepare["total"] == 800 and prepare["dropped_duplicate"] >= 450 and prepare["kept"] >= 300
@@ -210,7 +210,7 @@ def test_prepare_writes_only_the_frame_list_and_align_refuses_a_replaced_video(f
     assert runner.work_once(job_id=job_id)  # prepare only
     manifest = runner.store.load(job_id)
     assert manifest.stages["prepare"].status.value == "succeeded"
-    assert manifest.request["video_sha256"] == runner.storage.content_hash("uploads/astronaut.mp4")
+    assert manifest.stages["prepare"].handoff["video_sha256"] == runner.storage.content_hash("uploads/astronaut.mp4")
     written = [k for k in runner.storage.list_keys(f"jobs/{job_id}/prepare/") if not k.endswith("manifest.json")]
     assert written == [manifest.stages["prepare"].outputs["frames"]]  # frames.jsonl, no images
 

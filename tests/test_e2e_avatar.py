@@ -48,5 +48,5 @@ def test_training_video_becomes_an_avatar_that_briefs_can_render(tmp_path, up_pr
     drop_by_rename(bucket, "with-avatar.yaml", TINY_BRIEF.format(steps=2, seed=3) + "avatar: eileen\n")
     rendered = wait_for_job(bucket, "inbox/with-avatar.yaml", proc=proc)
     assert rendered["status"] == "succeeded", rendered.get("error")
-    assert rendered["request"]["plan"]["prompt"].startswith("vs_eileen")
+    assert rendered["stages"]["prepare"]["handoff"]["plan"]["prompt"].startswith("vs_eileen")
     assert rendered["stages"]["render"]["metrics"]["avatar"] == "eileen"

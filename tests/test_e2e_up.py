@@ -33,7 +33,7 @@ def test_dropped_brief_becomes_video_manifest_and_signed_webhook(tmp_path, up_pr
     assert set(manifest) >= {"schema_version", "job_id", "kind", "status", "input", "request", "stages", "outputs",
                              "webhooks", "versions", "cost", "created_at", "updated_at"}
     assert [s["status"] for s in manifest["stages"].values()] == ["succeeded", "succeeded"]
-    assert manifest["request"]["plan"]["random_weights"] is True
+    assert manifest["stages"]["prepare"]["handoff"]["plan"]["random_weights"] is True
     assert any("noise" in w for w in manifest["warnings"])
 
     # The MP4 matches the brief: 13 frames at 12 fps, 64x48, H.264.

@@ -6,24 +6,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from core.quantization import TEXT_ENCODER_METHOD, quantize_module, quantize_pipeline, storage_bytes
-from core.vram_planner import (
-    KNOWN_GPUS,
-    METHODS,
-    QUALITY_ORDER,
-    GiB,
-    ModelConfigs,
-    RenderJob,
-    TrainJob,
-    choose_for_device,
-    estimate_render,
-    estimate_train,
+from functions.models.mochi import build_tiny_pipeline, resolve_quantization
+from functions.models.mochi_configs import MOCHI_1_PREVIEW, ModelConfigs, model_configs
+from functions.models.mochi_spec import (
+    TEXT_ENCODER_METHOD,
     model_spec,
-    parse_gpu,
-    plan_render,
+    quantize_module,
+    quantize_pipeline,
     vae_decode_bytes,
 )
-from functions.models.mochi import MOCHI_1_PREVIEW, build_tiny_pipeline, model_configs, resolve_quantization
+from functions.quantization.gpus import KNOWN_GPUS, GiB, parse_gpu
+from functions.quantization.jobs import RenderJob, TrainJob
+from functions.quantization.methods import METHODS
+from functions.quantization.planner import QUALITY_ORDER, choose_for_device, estimate_render, estimate_train, plan_render
+from functions.quantization.targets import storage_bytes
 from functions.presets import PRESETS, snap_frames
 from schemas.errors import VideostudioError
 

@@ -14,18 +14,10 @@ import torch
 from torch import nn
 
 from conftest import TINY_BRIEF
-from core.quantization import (
-    FP8_MAX,
-    Fp8PerChannelLinear,
-    Fp8StaticLinear,
-    fp8_per_channel,
-    fp8_per_tensor,
-    quantization_targets,
-    quantize_module,
-    quantize_pipeline,
-    storage_bytes,
-)
 from functions.models.mochi import build_tiny_pipeline, quiet_library_logs
+from functions.models.mochi_spec import quantization_targets, quantize_module, quantize_pipeline
+from functions.quantization.layers import FP8_MAX, Fp8PerChannelLinear, Fp8StaticLinear, fp8_per_channel, fp8_per_tensor
+from functions.quantization.targets import storage_bytes
 from schemas.errors import VideostudioError
 
 CPU_METHODS = ("bf16", "fp8", "fp8-per-channel", "fp8-static", "int8", "nf4")

@@ -220,7 +220,7 @@ def test_bad_input_corpus_through_one_worker(tmp_path, up_process, videos):
         assert str(tmp_path) not in error["message"] and "/tmp/videostudio-" not in error["message"], error
 
     by_name = {case.name: find_job(bucket, f"inbox/{case.name}") for case in CORPUS}
-    info = {name: by_name[f"{name}.yaml"]["request"]["video_info"] for name in ("hevc", "tenbit", "rotated")}
+    info = {name: by_name[f"{name}.yaml"]["stages"]["prepare"]["handoff"]["video"] for name in ("hevc", "tenbit", "rotated")}
     assert info["hevc"]["codec"] == "hevc"
     assert info["tenbit"]["bit_depth"] == 10
     assert info["rotated"]["rotation"] in (90, 270) and (info["rotated"]["width"], info["rotated"]["height"]) == (320, 180)

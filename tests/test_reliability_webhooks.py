@@ -35,6 +35,7 @@ from core.settings import Settings
 from core.stage import Pipeline, StageContext, StageResult
 from core.storage import LocalStorage
 from reliability import full, record
+from schemas.brief import RenderBrief, WebhookSpec
 from schemas.events import StorageEvent
 
 JOBS_PER_BEHAVIOUR = full(3, 10)
@@ -112,7 +113,8 @@ def test_webhook_receivers_down_slow_failing_limited_gone(tmp_path: Path):
 
     def notify(ctx: StageContext) -> StageResult:  # as prepare does: the validated request names the webhook
         url = ctx.storage.get_bytes(ctx.input.key).decode()
-        return StageResult(request={"webhook": {"url": url, "events": ["job.succeeded", "job.failed"]}})
+        return StageResult(request=RenderBrief(prompt="hi", webhook=WebhookSpec(url=url, events=["job.succeeded",
+                                                                                                "job.failed"])))
 
     storage = LocalStorage(tmp_path / "bucket")
     runner = Runner(storage, SqliteQueue(storage.state_dir / "queue.sqlite3", max_attempts=20),
@@ -208,7 +210,7 @@ def test_a_crash_between_the_commit_and_queueing_its_webhook_loses_no_event(tmp_
     events = ["job.succeeded", "job.failed", "stage.started", "stage.succeeded", "stage.failed"]
 
     def first(ctx: StageContext) -> StageResult:
-        return StageResult(request={"webhook": {"url": url, "events": events}})
+        return StageResult(request=RenderBrief(prompt="hi", webhook=WebhookSpec(url=url, events=events)))
 
     def second(ctx: StageContext) -> StageResult:
         return StageResult(outputs={"out": ctx.put_output_bytes("out.txt", b"x")})

@@ -15,6 +15,7 @@ from core.runner import Runner
 from core.settings import Settings
 from core.stage import Pipeline, StageContext, StageResult
 from core.storage import LocalStorage
+from schemas.brief import RenderBrief, WebhookSpec
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 
@@ -202,7 +203,7 @@ def test_cancel_a_waiting_job_is_immediate(tmp_path):
 def _with_webhook(url: str, events=("job.succeeded", "job.failed")):
     """A stage that sets a validated request naming a webhook, as prepare does."""
     def stage(ctx: StageContext) -> StageResult:
-        return StageResult(request={"webhook": {"url": url, "events": list(events)}})
+        return StageResult(request=RenderBrief(prompt="hi", webhook=WebhookSpec(url=url, events=list(events))))
     return stage
 
 

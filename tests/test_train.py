@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import functions.train as train_module
+import functions.backends.mochi_lora as train_module
 from conftest import TINY_BRIEF
 from core.avatars import AvatarRegistry
 from core.queue import SqliteQueue

@@ -8,24 +8,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.quantization import METHODS
-from core.vram_planner import (
-    GiB,
-    RESERVE_BYTES,
-    Plan,
-    RenderJob,
-    TrainJob,
-    model_spec,
-    parse_gpu,
-    plan_render,
-    plan_train,
-)
-from functions.models.mochi import MOCHI_1_PREVIEW, model_configs, quiet_library_logs
+from functions.models.mochi import quiet_library_logs
+from functions.models.mochi_configs import MOCHI_1_PREVIEW, model_configs
+from functions.models.mochi_spec import model_spec
 from functions.presets import PRESETS, snap_frames
+from functions.quantization.description import ModelDescription
+from functions.quantization.gpus import GiB, parse_gpu
+from functions.quantization.jobs import RenderJob, TrainJob
+from functions.quantization.methods import METHODS
+from functions.quantization.planner import RESERVE_BYTES, Plan, plan_render, plan_train
+from schemas.defaults import DEFAULT_FPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from schemas.errors import VideostudioError
 
 console = Console()
 err = Console(stderr=True)
+TRAIN = TrainJob()  # the CLI's train defaults are the train job's
 
 
 def plan_command(
@@ -34,17 +31,20 @@ def plan_command(
     method: Annotated[Optional[list[str]], typer.Option(
         "--method", help=f"Only these methods ({', '.join(METHODS)}); repeatable.")] = None,
     model: Annotated[str, typer.Option(help="tiny, a diffusers Mochi repo id, or a local folder.")] = MOCHI_1_PREVIEW,
-    width: Annotated[int, typer.Option(min=16)] = 848,
-    height: Annotated[int, typer.Option(min=16)] = 480,
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Frame count (snapped to 6k+1); default: the preset's.")] = None,
-    fps: Annotated[int, typer.Option(min=1)] = 30,
-    guidance_scale: Annotated[float, typer.Option(help="Above 1, cond and uncond run as a batch of 2.")] = 4.5,
+    width: Annotated[int, typer.Option(min=16)] = DEFAULT_WIDTH,
+    height: Annotated[int, typer.Option(min=16)] = DEFAULT_HEIGHT,
+    frames: Annotated[Optional[int], typer.Option(
+        min=1, help="Frame count (snapped to 6k+1); default: the preset's.")] = None,
+    fps: Annotated[int, typer.Option(min=1)] = DEFAULT_FPS,
+    guidance_scale: Annotated[float, typer.Option(
+        help="Above 1, cond and uncond run as a batch of 2.")] = DEFAULT_GUIDANCE_SCALE,
     job: Annotated[str, typer.Option(help="render | train (LoRA training of the avatar).")] = "render",
-    batch_size: Annotated[int, typer.Option(min=1, help="train: clips per step.")] = 4,
-    resolution: Annotated[int, typer.Option(min=16, help="train: clip resolution.")] = 512,
-    clip_frames: Annotated[int, typer.Option(min=1, help="train: frames per clip.")] = 25,
+    batch_size: Annotated[int, typer.Option(min=1, help="train: clips per step.")] = TRAIN.batch_size,
+    resolution: Annotated[int, typer.Option(min=16, help="train: clip resolution.")] = TRAIN.resolution,
+    clip_frames: Annotated[int, typer.Option(min=1, help="train: frames per clip.")] = TRAIN.clip_frames,
     gradient_checkpointing: Annotated[bool, typer.Option(
-        help="train: assume gradient checkpointing (the train stage does not enable it today).")] = False,
+        help="train: assume gradient checkpointing (the train stage does not enable it today).",
+    )] = TRAIN.gradient_checkpointing,
 ) -> None:
     """Estimate peak GPU memory for each quantization method and recommend the best quality that fits."""
     quiet_library_logs()
@@ -74,17 +74,19 @@ def plan_command(
     except VideostudioError as exc:
         err.print(f"[red]error[/red] {exc.code}: {exc.message}")
         raise typer.Exit(2) from None
-    print_plan(plan, spec.model_id, what)
+    print_plan(plan, spec, what)
 
 
-def print_plan(plan: Plan, model_id: str, what: str) -> None:
+def print_plan(plan: Plan, spec: ModelDescription, what: str) -> None:
     def gib(n: int) -> str:
         return f"{n / GiB:.1f}" if n >= GiB / 10 else f"{n / GiB:.2g}"
 
     train = plan.job == "train"
-    table = Table(title=f"{model_id}: {what} on {plan.gpu.name} ({plan.gpu.gib:.1f} GiB)")
+    quantized = list(spec.quantization.component_methods)  # the weights a method changes
+    table = Table(title=f"{spec.model_id}: {what} on {plan.gpu.name} ({plan.gpu.gib:.1f} GiB)")
     table.add_column("method", no_wrap=True)
-    table.add_column("weights GiB\ntransf. + T5", justify="right", no_wrap=True)
+    table.add_column("weights GiB\n" + " + ".join(spec.labels[name] for name in quantized), justify="right",
+                     no_wrap=True)
     if train:
         table.add_column("peak GiB", justify="right", no_wrap=True)
     else:
@@ -93,7 +95,7 @@ def print_plan(plan: Plan, model_id: str, what: str) -> None:
     table.add_column("fits", no_wrap=True)
     notes: list[str] = []
     for row in plan.rows:
-        weights = row.no_offload.weights["transformer"] + row.no_offload.weights["text_encoder"]
+        weights = sum(row.no_offload.weights[name] for name in quantized)
         fit = row.best_fit(plan.gpu.memory_bytes)
         if row.note:
             notes.append(f"{row.method}: {row.note}")
@@ -105,7 +107,7 @@ def print_plan(plan: Plan, model_id: str, what: str) -> None:
         else:
             verdict = "[green]yes[/green], with offload"
         marker = " ★" if plan.recommended is row else ""
-        peaks = [gib(row.no_offload.peak_bytes)] if train else [gib(row.no_offload.peak_bytes), gib(row.offload.peak_bytes)]
+        peaks = [gib(row.no_offload.peak_bytes)] + ([] if train else [gib(row.offload.peak_bytes)])
         table.add_row(row.method + marker, gib(weights), *peaks, verdict)
     console.print(table)
     for note in notes:

@@ -3,6 +3,11 @@
 A message is leased by `get`; it must be `ack`ed before the lease expires or it is
 delivered again. After `max_attempts` leases it is dead-lettered. Messages are only
 wake-up calls (`TaskMessage`); storage holds the truth.
+
+A queue's `max_attempts` counts leases of one message, and is only the last-resort dead
+letter for a message that crashes the runner itself. It is not `Settings.max_attempts`,
+the attempts a stage gets (counted in the job manifest), nor `Settings.webhook_max_attempts`;
+the wiring sets it above both, so those budgets run out first.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ import abc
 from dataclasses import dataclass
 
 from schemas.events import TaskMessage
+
+# Leases of one message before a queue dead-letters it, where the caller names no other (the
+# wiring's max(stage attempts, webhook attempts) + 2 comes to the same for the default settings).
+DEFAULT_LEASE_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core.queue.base import Lease, WorkQueue
+from core.queue.base import DEFAULT_LEASE_ATTEMPTS, Lease, WorkQueue
 from schemas.errors import VideostudioError
 from schemas.events import TaskMessage
 
 log = logging.getLogger("videostudio.queue.spawn")
-
-DEFAULT_MAX_ATTEMPTS = 10
 
 
 class Spawnable(Protocol):
@@ -77,7 +75,7 @@ class SpawnQueue(WorkQueue):
         delay_function: str | None = None,
         resolve: Callable[[str], Spawnable] | None = None,
         environment_name: str | None = None,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int = DEFAULT_LEASE_ATTEMPTS,
     ) -> None:
         """
         app_name: the deployed Modal app (for `modal.Function.from_name` when no `resolve` is given).
@@ -87,6 +85,7 @@ class SpawnQueue(WorkQueue):
             dispatches; None leaves delayed messages to the reconciler.
         resolve: function name → a spawnable handle. Inside the app's own containers pass the app's
             hydrated functions; by default they are looked up by name in the deployed app.
+        max_attempts: spawns of one message (its lease attempts) before `nack` drops it as a dead letter.
         """
         self.app_name = app_name
         self.stage_functions = dict(stage_functions)

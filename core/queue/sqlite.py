@@ -12,10 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from core.queue.base import Lease, WorkQueue
+from core.queue.base import DEFAULT_LEASE_ATTEMPTS, Lease, WorkQueue
 from schemas.events import TaskMessage
-
-DEFAULT_MAX_ATTEMPTS = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,7 +37,7 @@ CREATE INDEX IF NOT EXISTS by_job ON messages(job_id);
 
 
 class SqliteQueue(WorkQueue):
-    def __init__(self, path: str | Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    def __init__(self, path: str | Path, *, max_attempts: int = DEFAULT_LEASE_ATTEMPTS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts

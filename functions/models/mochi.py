@@ -15,38 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from core.quantization import check_supported, quantize_pipeline, storage_bytes
-from core.vram_planner import GiB, AutoChoice, ModelConfigs, RenderJob, choose_for_device, estimate_render, model_spec
+from core.device import pick_device
+from functions.models.mochi_configs import (
+    TINY_MAX_SEQUENCE_LENGTH,
+    TINY_MODEL,
+    TINY_TEXT_ENCODER_CONFIG,
+    TINY_TRANSFORMER_CONFIG,
+    TINY_VAE_CONFIG,
+    max_sequence_length,
+    model_configs,
+)
+from functions.models.mochi_spec import model_spec, quantize_pipeline
+from functions.quantization.gpus import GiB
+from functions.quantization.jobs import RenderJob
+from functions.quantization.methods import check_supported
+from functions.quantization.planner import AutoChoice, choose_for_device, choose_offload
+from functions.quantization.targets import storage_bytes
+from schemas.defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from schemas.errors import VideostudioError
 
-TINY_MODEL = "tiny"
-TINY_MAX_SEQUENCE_LENGTH = 16
-REAL_MAX_SEQUENCE_LENGTH = 256
 # Real Mochi in bf16 needs ~22 GB with offload + VAE tiling; below this, offload.
-FULL_GPU_BYTES = 60 * 1024**3
-
-
-TINY_TRANSFORMER_CONFIG = dict(
-    patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
-    in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4,
-    activation_fn="swiglu", max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
-)
-TINY_VAE_CONFIG = dict(
-    latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
-    decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
-)
-TINY_TEXT_ENCODER_CONFIG = dict(
-    vocab_size=64, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-    relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-)
-# genmo/mochi-1-preview: diffusers' defaults for the transformer and VAE are Mochi 1's shapes; its
-# text encoder is the T5 v1.1 XXL encoder. Known here so the planner needs no download.
-MOCHI_1_PREVIEW = "genmo/mochi-1-preview"
-REAL_TEXT_ENCODER_CONFIG = dict(
-    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False, tie_word_embeddings=False,
-)
+FULL_GPU_BYTES = 60 * GiB
 
 
 @dataclass
@@ -57,7 +46,7 @@ class LoadedPipeline:
     dtype: torch.dtype
     max_sequence_length: int
     random_weights: bool
-    quantization: dict | None = None  # what core.quantization did (method, backend, bytes)
+    quantization: dict | None = None  # what quantizing did (method, backend, bytes)
     offload: bool = False
 
 
@@ -95,14 +84,6 @@ def build_tiny_pipeline(seed: int = 0):
     return pipe
 
 
-def pick_device(setting: str = "auto") -> str:
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise VideostudioError("device_unavailable", "VIDEOSTUDIO_DEVICE=cuda but no CUDA device is visible")
-    return setting
-
-
 def _load_real(model_id: str, device: str, *, offload: bool = True, dtype: torch.dtype | None = None,
                place: bool = True):
     """Real Mochi weights. With `place`, on `device` (CUDA: model CPU offload below FULL_GPU_BYTES, or
@@ -124,6 +105,13 @@ def _load_real(model_id: str, device: str, *, offload: bool = True, dtype: torch
         _place(pipe, device, offload=offload, tiling=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe, dtype
+
+
+def _unquantized(model_id: str, device: str, *, offload: bool):
+    """The pipeline as built (tiny: float32) or as loaded (real weights: bf16 on CUDA, placed)."""
+    if model_id == TINY_MODEL:
+        return build_tiny_pipeline().to(device), torch.float32
+    return _load_real(model_id, device, offload=offload)
 
 
 def _place(pipe, device: str, *, offload: bool, tiling: bool) -> None:
@@ -155,43 +143,9 @@ def load_training_pipeline(model_id: str, *, device_setting: str = "auto") -> Lo
     """A fresh, uncached pipeline: training adds an adapter to its transformer, which must not leak into renders."""
     device = pick_device(device_setting)
     quiet_library_logs()
-    if model_id == TINY_MODEL:
-        return LoadedPipeline(build_tiny_pipeline().to(device), model_id, device, torch.float32,
-                              TINY_MAX_SEQUENCE_LENGTH, True)
-    pipe, dtype = _load_real(model_id, device, offload=False)
-    return LoadedPipeline(pipe, model_id, device, dtype, REAL_MAX_SEQUENCE_LENGTH, False)
-
-
-# -- configs for the VRAM planner (no weights) --------------------------------------------------------
-def model_configs(model_id: str) -> ModelConfigs:
-    """The component configs of `model_id`: built in for tiny and genmo/mochi-1-preview, read from a
-    local diffusers folder, or fetched (configs only) from the hub."""
-    import json
-    from pathlib import Path
-
-    if model_id == TINY_MODEL:
-        return ModelConfigs(TINY_MODEL, dict(TINY_TRANSFORMER_CONFIG), dict(TINY_TEXT_ENCODER_CONFIG),
-                            dict(TINY_VAE_CONFIG), TINY_MAX_SEQUENCE_LENGTH)
-    names = {"transformer": "transformer/config.json", "text_encoder": "text_encoder/config.json",
-             "vae": "vae/config.json"}
-    folder = Path(model_id)
-    loaded: dict[str, dict] = {}
-    try:
-        if folder.is_dir():
-            loaded = {k: json.loads((folder / v).read_text()) for k, v in names.items()}
-        elif model_id != MOCHI_1_PREVIEW:
-            from huggingface_hub import hf_hub_download
-
-            loaded = {k: json.loads(Path(hf_hub_download(model_id, v)).read_text()) for k, v in names.items()}
-    except Exception as exc:  # offline, missing files, not a Mochi folder
-        raise VideostudioError("model_config_unavailable",
-                               f"cannot read the configs of {model_id!r}: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not loaded:
-        return ModelConfigs(MOCHI_1_PREVIEW, {}, dict(REAL_TEXT_ENCODER_CONFIG), {}, REAL_MAX_SEQUENCE_LENGTH)
-    clean = {k: {key: v for key, v in cfg.items() if not key.startswith("_")} for k, cfg in loaded.items()}
-    text = {k: v for k, v in clean["text_encoder"].items() if k not in ("architectures", "model_type")}
-    return ModelConfigs(model_id, clean["transformer"], text, clean["vae"],
-                        clean["transformer"].get("max_sequence_length", REAL_MAX_SEQUENCE_LENGTH))
+    pipe, dtype = _unquantized(model_id, device, offload=False)
+    return LoadedPipeline(pipe=pipe, model_id=model_id, device=device, dtype=dtype,
+                          max_sequence_length=max_sequence_length(model_id), random_weights=model_id == TINY_MODEL)
 
 
 # -- which quantization a render runs with ---------------------------------------------------------------
@@ -231,18 +185,7 @@ def resolve_quantization(model_id: str, requested: str, device: str, job: Render
         return choose_for_device(spec, job, free_bytes=free, capability=capability,
                                  device_name=torch.cuda.get_device_name())
     check_supported(requested, device)
-    resident = estimate_render(spec, job, requested, offload="none")
-    if resident.fits(free):
-        return AutoChoice(requested, False, f"{requested}: named in the brief; fits without offload "
-                          f"({resident.peak_bytes / GiB:.1f} GiB estimated)", resident.peak_bytes)
-    offloaded = estimate_render(spec, job, requested, offload="model")
-    return AutoChoice(requested, True, f"{requested}: named in the brief; model CPU offload "
-                      f"({offloaded.peak_bytes / GiB:.1f} GiB estimated, {free / GiB:.1f} GiB free)", offloaded.peak_bytes)
-
-
-def quantization_skip_patterns(settings) -> tuple[str, ...]:
-    """User-listed module-name patterns (VIDEOSTUDIO_QUANTIZATION_SKIP, comma-separated) left in bf16."""
-    return tuple(p.strip() for p in (getattr(settings, "quantization_skip", "") or "").split(",") if p.strip())
+    return choose_offload(spec, job, requested, free_bytes=free)
 
 
 CALIBRATION_PROMPTS = ("A serene mountain landscape at dawn", "A person talking to the camera in a bright room",
@@ -251,27 +194,24 @@ CALIBRATION_PROMPTS = ("A serene mountain landscape at dawn", "A person talking 
 
 def _calibration(pipe, model_id: str):
     """fp8-static's calibration: two denoising steps of three prompts, latents only (no VAE)."""
-    tiny = model_id == TINY_MODEL
-    height, width = (64, 64) if tiny else (480, 848)
+    height, width = (64, 64) if model_id == TINY_MODEL else (DEFAULT_HEIGHT, DEFAULT_WIDTH)
 
     def run() -> None:
         pipe(prompt=list(CALIBRATION_PROMPTS), num_inference_steps=2, height=height, width=width, num_frames=7,
-             guidance_scale=4.5, output_type="latent", generator=torch.Generator("cpu").manual_seed(0),
-             max_sequence_length=TINY_MAX_SEQUENCE_LENGTH if tiny else REAL_MAX_SEQUENCE_LENGTH)
+             guidance_scale=DEFAULT_GUIDANCE_SCALE, output_type="latent",
+             generator=torch.Generator("cpu").manual_seed(0), max_sequence_length=max_sequence_length(model_id))
 
     return run
 
 
-def _build(model_id: str, device: str, method: str, offload: bool, skip: tuple[str, ...]) -> LoadedPipeline:
+def _build(model_id: str, device: str, *, method: str, offload: bool, skip: tuple[str, ...]) -> LoadedPipeline:
     tiny = model_id == TINY_MODEL
-    msl = TINY_MAX_SEQUENCE_LENGTH if tiny else REAL_MAX_SEQUENCE_LENGTH
+    msl = max_sequence_length(model_id)
     if method == "fp32":
-        if tiny:
-            pipe, dtype = build_tiny_pipeline().to(device), torch.float32
-        else:
-            pipe, dtype = _load_real(model_id, device)
-        return LoadedPipeline(pipe, model_id, device, dtype, msl, tiny,
-                              {"method": "fp32", "backend": "torch float32", "weight_bytes": _weight_bytes(pipe)})
+        pipe, dtype = _unquantized(model_id, device, offload=True)
+        return LoadedPipeline(pipe=pipe, model_id=model_id, device=device, dtype=dtype, max_sequence_length=msl,
+                              random_weights=tiny, quantization={"method": "fp32", "backend": "torch float32",
+                                                                 "weight_bytes": _weight_bytes(pipe)})
     # Quantize where the weights are: on the device for tiny, on the CPU for real weights (then place them).
     if tiny:
         pipe = build_tiny_pipeline().to(device)
@@ -287,7 +227,8 @@ def _build(model_id: str, device: str, method: str, offload: bool, skip: tuple[s
     if not tiny and method != "fp8-static":
         _place(pipe, device, offload=offload, tiling=True)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, model_id, device, torch.bfloat16, msl, tiny, result.metrics(), offload)
+    return LoadedPipeline(pipe=pipe, model_id=model_id, device=device, dtype=torch.bfloat16, max_sequence_length=msl,
+                          random_weights=tiny, quantization=result.metrics(), offload=offload)
 
 
 def _weight_bytes(pipe) -> int:
@@ -317,6 +258,6 @@ def load_pipeline(model_id: str, *, device_setting: str = "auto", method: str = 
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        loaded = _build(model_id, device, method, offload, tuple(skip))
+        loaded = _build(model_id, device, method=method, offload=offload, skip=tuple(skip))
         _cache[key] = loaded
         return loaded

@@ -1,0 +1,89 @@
+"""The avatar backend seam: one small interface per way of making and rendering an avatar.
+
+A backend says four things:
+- `dataset`: what prepare and align must keep for it (`DatasetPolicy`);
+- `train`: the aligned dataset → weights and an `AvatarManifest` (the train stage deploys it);
+- `render`: a plan naming a deployed (or just trained) avatar → the job's video;
+- `preview`: the plan the train job's own render stage renders with the new avatar.
+
+The stages in functions/ do everything around it (reading the typed records of earlier
+stages, writing avatar.json, deploying, handing the preview on), so a backend is one module
+plus one line in functions/backends/__init__.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.settings import Settings
+from core.stage import StageContext, StageResult
+from functions.presets import resolve_render_plan
+from schemas.avatar import AvatarManifest
+from schemas.brief import RenderBrief, TrainBrief
+from schemas.handoff import AlignOutput
+from schemas.plan import RenderPlan
+
+PREVIEW_FRAMES = 13
+PREVIEW_FPS = 12
+PREVIEW_MAX_SIDE = 512
+
+
+class DatasetPolicy(BaseModel):
+    """What a backend's training data must keep."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fps: float | None = Field(default=None, description=(
+        "Sample every frame at this fps (frames paired with audio need a fixed rate); None: the brief's extract_fps."))
+    drop_duplicates: bool = Field(default=True, description=(
+        "Drop near-duplicate frames (stills); keep them where each frame is paired with its instant of audio."))
+
+    def sample_fps(self, brief: TrainBrief) -> float:
+        return self.fps if self.fps is not None else brief.extract_fps
+
+
+@dataclass
+class TrainedAvatar:
+    """What `AvatarBackend.train` returns: the avatar (weights in the job's outputs) and the stage's report."""
+
+    avatar: AvatarManifest
+    outputs: dict[str, str] = field(default_factory=dict)
+    job_outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model_id: str | None = None
+
+
+class AvatarBackend(ABC):
+    name: ClassVar[str]
+    dataset: ClassVar[DatasetPolicy] = DatasetPolicy()
+
+    @abstractmethod
+    def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:
+        """Train on the aligned faces; write the weights as this stage's outputs."""
+
+    @abstractmethod
+    def render(self, ctx: StageContext, *, plan: RenderPlan) -> StageResult:
+        """Render `plan` with the avatar it names (`plan.weights_key`); write the video as this stage's outputs."""
+
+    def plan_render(self, brief: RenderBrief, avatar: AvatarManifest, settings: Settings) -> RenderPlan:
+        """prepare of a render brief with `avatar:`: the plan `render` executes."""
+        return resolve_render_plan(brief, settings).model_copy(update={
+            "avatar": avatar.avatar_id, "avatar_strength": brief.avatar_strength, "backend": self.name,
+            "weights_key": avatar.weights_key})
+
+    def preview_prompt(self, brief: TrainBrief, avatar: AvatarManifest) -> str:
+        return f"a video of {avatar.avatar_id} talking to the camera"
+
+    def preview(self, *, brief: TrainBrief, avatar: AvatarManifest, settings: Settings) -> RenderPlan:
+        """A short square clip of the new avatar, rendered by the train job's last stage."""
+        size = min(brief.resolution, PREVIEW_MAX_SIDE)
+        preview = RenderBrief(prompt=self.preview_prompt(brief, avatar), preset="fast", model=avatar.base_model,
+                              seed=brief.seed, steps=brief.preview_steps, fps=PREVIEW_FPS, width=size, height=size,
+                              num_frames=PREVIEW_FRAMES, avatar=avatar.avatar_id)
+        return resolve_render_plan(preview, settings).model_copy(update={
+            "avatar": avatar.avatar_id, "backend": self.name, "weights_key": avatar.weights_key})
