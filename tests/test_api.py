@@ -26,11 +26,14 @@ from core.queue import SqliteQueue
 from core.runner import Runner
 from core.settings import Settings
 from core.storage import LocalStorage
+from functions.presets import resolve_render_plan
 from functions.routes import default_pipeline
+from schemas import SCHEMA_VERSION
 from schemas.avatar import AvatarManifest
-from schemas.brief import TrainBrief, parse_brief
+from schemas.brief import RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
+from schemas.handoff import TrainOutput
 from schemas.manifest import StageStatus
 from triggers.api import PUBLIC_PATHS, create_app
 from triggers.cli import app as cli_app
@@ -228,7 +231,7 @@ def test_list_jobs_newest_first_with_a_status_filter(client, runner):
 def test_get_job_returns_the_manifest_or_404(client):
     job_id = post_brief(client, "prompt: hi\n", name="hi")["job_id"]
     manifest = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-    assert manifest["job_id"] == job_id and manifest["schema_version"] == 1 and "stages" in manifest
+    assert manifest["job_id"] == job_id and manifest["schema_version"] == SCHEMA_VERSION and "stages" in manifest
     missing = client.get("/jobs/no-such-job", headers=AUTH)
     assert missing.status_code == 404 and missing.json()["code"] == "job_not_found"
 
@@ -391,7 +394,8 @@ def test_json_train_names_a_video_already_in_the_bucket(client, runner):
                        ({"avatar": "ann", "video": "uploads/../../etc/passwd"}, "invalid_key"),
                        ({"avatar": "ann"}, "missing_video"),
                        ({"video": "uploads/ann/ann.mp4"}, "missing_field"),
-                       ({"avatar": "ann", "video": "uploads/ann/ann.mp4", "kind": "render"}, "invalid_kind")]:
+                       ({"avatar": "ann", "video": "uploads/ann/ann.mp4", "kind": "render"}, "invalid_kind"),
+                       ({"avatar": "ann", "video": "uploads/ann/ann.mp4", "backend": "nope"}, "unknown_backend")]:
         refused = client.post("/train", headers=AUTH, json=body)
         assert refused.status_code == 422 and refused.json()["code"] == code, (body, refused.text)
     assert client.post("/train", headers=AUTH, json=["a"]).status_code == 422
@@ -424,6 +428,10 @@ def test_deploy_a_succeeded_train_job(client, runner):
     def trained(m):  # what a succeeded train stage leaves in the manifest
         m.stages["train"].status = StageStatus.succeeded
         m.stages["train"].outputs = {"avatar": prefix + "avatar.json", "lora": prefix + "lora.safetensors"}
+        preview = resolve_render_plan(RenderBrief(prompt="<ann>", model="tiny"), Settings())
+        m.stages["train"].handoff = TrainOutput(avatar_id="ann", avatar_key=prefix + "avatar.json",
+                                                weights_key=prefix + "lora.safetensors", deployed=False,
+                                                preview=preview).model_dump(mode="json")
 
     runner.store.update(job_id, trained)
     response = client.post(f"/jobs/{job_id}/deploy", headers=AUTH)

@@ -1,0 +1,53 @@
+"""Ids and names that come in paths and queries: checked to be one safe path segment, or sanitised into one."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Path as PathParam, Query
+
+from schemas.api import PATH_ID_PATTERN
+from triggers.api.errors import HttpError, short
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")  # what the prepare stage accepts
+BRIEF_SUFFIXES = (".yaml", ".yml", ".json")
+
+PATH_ID = re.compile(PATH_ID_PATTERN)
+UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def check_id(value: str, what: str) -> str:
+    """Ids and names in paths are one safe path segment: no `/`, no `..`, no hidden names."""
+    if not PATH_ID.fullmatch(value):
+        raise HttpError(400, f"invalid_{what}_id", f"invalid {what} id {short(value)}: "
+                        f"use letters, digits, '_', '.', '-' (starting with a letter or digit, at most 128)")
+    return value
+
+
+def _job_id_path(job_id: Annotated[str, PathParam(description="A job id, e.g. `sunrise-0123456789abcdef`.")]) -> str:
+    return check_id(job_id, "job")
+
+
+def _avatar_id_path(avatar_id: Annotated[str, PathParam(description="A deployed avatar id.")]) -> str:
+    return check_id(avatar_id, "avatar")
+
+
+JobId = Annotated[str, Depends(_job_id_path)]
+AvatarId = Annotated[str, Depends(_avatar_id_path)]
+NameQuery = Annotated[str | None, Query(max_length=200, description=(
+    "File name for the brief in inbox/ (sanitised; an extension is dropped). "
+    "Posting the same bytes under the same name again returns the existing job."))]
+
+
+def sanitise_name(name: str) -> str:
+    stem = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    lower = stem.lower()
+    for suffix in BRIEF_SUFFIXES + VIDEO_SUFFIXES:
+        if lower.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = UNSAFE_NAME_CHARS.sub("-", stem).strip("._-")[:128]
+    if not stem or not PATH_ID.fullmatch(stem):
+        raise HttpError(400, "invalid_name", f"name {short(name)} has no usable characters")
+    return stem

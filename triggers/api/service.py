@@ -1,0 +1,107 @@
+"""The API's work, kept apart from HTTP: `JobsService`, plain synchronous methods on a runner.
+
+The app holds one `JobsService` in `app.state.service`; routes get it through the `Service` dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from core.avatars import AvatarRegistry
+from core.jobs import manifest_key
+from core.runner import INBOX, Runner
+from core.storage import PreconditionFailed, Storage, validate_key
+from functions.backends import get_backend
+from schemas.api import JobSummary, SubmittedJob
+from schemas.brief import RenderBrief, TrainBrief
+from schemas.errors import VideostudioError
+from schemas.events import StorageEvent
+from schemas.manifest import JobManifest, JobStatus
+from triggers.api.errors import HttpError
+from triggers.api.params import VIDEO_SUFFIXES
+from triggers.api.uploads import UploadedForm
+
+
+class JobsService:
+    """What the handlers do, as plain synchronous methods on a runner (run in FastAPI's thread pool)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.storage: Storage = runner.storage
+        self.avatars = AvatarRegistry(runner.storage)
+
+    # -- inputs
+    def check_brief_refs(self, brief: RenderBrief | TrainBrief) -> None:
+        """Catch what prepare would fail on at once, while the client is still here."""
+        if isinstance(brief, TrainBrief):
+            if brief.video is None:
+                raise HttpError(422, "missing_video", "a train brief needs `video:` (a bucket key outside inbox/)")
+            self.check_video_key(brief.video)
+            try:
+                get_backend(brief.backend)
+            except VideostudioError as exc:
+                raise HttpError(422, exc.code, exc.message) from None
+        elif brief.avatar and self.avatars.get(brief.avatar) is None:
+            raise HttpError(422, "avatar_not_found", f"no deployed avatar {brief.avatar!r}")
+
+    def check_video_key(self, key: str) -> None:
+        try:
+            validate_key(key)
+        except VideostudioError as exc:
+            raise HttpError(422, "invalid_video_key", exc.message) from None
+        if key.startswith(INBOX):
+            raise HttpError(422, "invalid_video_key", f"{key!r} is in inbox/ (a video there trains by itself); "
+                            f"use a key outside inbox/")
+        if not key.lower().endswith(VIDEO_SUFFIXES):
+            raise HttpError(422, "unsupported_video", f"{key!r} is not a {'/'.join(VIDEO_SUFFIXES)} video")
+        if self.storage.stat(key) is None:
+            raise HttpError(422, "video_not_found", f"no object at {key!r}")
+
+    def submit_brief(self, stem: str, suffix: str, body: bytes, *, kind: str, video_key: str | None) -> SubmittedJob:
+        """Write the brief to inbox/ (never over different bytes) and create its job (`created`: it is new)."""
+        key = f"{INBOX}{stem}{suffix}"
+        digest = hashlib.sha256(body).hexdigest()
+        content_type = "application/json" if suffix == ".json" else "application/yaml"
+        try:
+            self.storage.put_bytes(key, body, if_none_match=True, content_type=content_type)
+        except PreconditionFailed:
+            if self.storage.content_hash(key) != digest:
+                raise HttpError(409, "name_taken", f"{key!r} already holds a different brief; pick another name") from None
+        job_id, created = self.runner.submit(StorageEvent(bucket=self.storage.name, key=key, size=len(body),
+                                                          content_hash=digest, source="http"))
+        return SubmittedJob(job_id=job_id, created=created, manifest_key=manifest_key(job_id), brief_key=key,
+                            kind=kind, video_key=video_key)
+
+    def store_upload(self, key: str, form: UploadedForm) -> None:
+        info = self.storage.stat(key)
+        if info is not None:
+            if info.size == form.size and self.storage.content_hash(key) == form.sha256:
+                return  # the same video again: keep it
+            raise HttpError(409, "upload_exists", f"{key!r} already holds a different video; rename the file")
+        assert form.file_path is not None
+        self.storage.put_file(key, form.file_path, content_type=form.content_type or "application/octet-stream")
+
+    # -- jobs
+    def load(self, job_id: str) -> JobManifest:
+        manifest = self.runner.store.load(job_id)
+        if manifest is None:
+            raise HttpError(404, "job_not_found", f"no job {job_id!r}")
+        return manifest
+
+    def summaries(self, status: JobStatus | None, kind: str | None, limit: int) -> list[JobSummary]:
+        manifests = [m for m in self.runner.store.all()
+                     if (status is None or m.status == status) and (kind is None or m.kind == kind)]
+        manifests.sort(key=lambda m: m.created_at, reverse=True)
+        return [JobSummary(job_id=m.job_id, kind=m.kind, status=m.status.value, stage=m.current_stage(),
+                           input_key=m.input.key, created_at=m.created_at, updated_at=m.updated_at, error=m.error)
+                for m in manifests[:limit]]
+
+
+def _service(request: Request) -> JobsService:
+    return request.app.state.service
+
+
+Service = Annotated[JobsService, Depends(_service)]
