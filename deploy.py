@@ -11,7 +11,7 @@ Deploy (docs/deploy.md has the whole walk-through for AWS S3, R2, MinIO and Ceph
         VIDEOSTUDIO_WEBHOOK_SECRET=whsec_... VIDEOSTUDIO_API_TOKEN=... VIDEOSTUDIO_EVENTS_SECRET=...
     videostudio deploy          # runs `modal deploy deploy.py` from the repo root
 
-The `web` function serves the HTTP app (triggers/api.py): `POST /events` for the bucket's
+The `web` function serves the HTTP app (triggers/api/): `POST /events` for the bucket's
 notifications (S3 via SNS/EventBridge, MinIO, Ceph RGW, an R2 forwarding worker) and the job API.
 The scheduled `reconcile` lists `inbox/` every two minutes, the safety net for lost notifications.
 

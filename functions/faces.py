@@ -207,9 +207,6 @@ class TrackingDetector:
         self.refinements = 0  # tracked faces re-fitted by R-Net + O-Net
         self.roi_searches = 0  # tracked faces looked for with a full MTCNN search near the last box
 
-    def reset(self) -> None:
-        self._previous, self._since_keyframe = [], 0
-
     def detect(self, frame: np.ndarray) -> list[Face]:
         keyframe_due = not self._previous or self._since_keyframe >= self.keyframe_every
         followed: list[Face] = []

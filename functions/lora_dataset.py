@@ -6,7 +6,6 @@ is real motion of the subject, and val/test clips stay as leak-free as the split
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import cv2
@@ -15,6 +14,7 @@ import torch
 
 from core.storage import Storage
 from functions.models.mochi_configs import TEMPORAL_COMPRESSION
+from schemas.dataset import FaceRecord
 
 
 @dataclass(frozen=True)
@@ -29,20 +29,21 @@ def snap_down(frames: int) -> int:
     return max(1, (frames - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1)
 
 
-def load_face_records(storage: Storage, metadata_key: str) -> list[dict]:
-    return [json.loads(line) for line in storage.get_bytes(metadata_key).splitlines() if line]
+def load_face_records(storage: Storage, metadata_key: str) -> list[FaceRecord]:
+    """align's metadata.jsonl: one record per detection of the subject."""
+    return [FaceRecord.model_validate_json(line) for line in storage.get_bytes(metadata_key).splitlines() if line]
 
 
-def contiguous_runs(records: list[dict], split: str) -> list[list[dict]]:
+def contiguous_runs(records: list[FaceRecord], split: str) -> list[list[FaceRecord]]:
     """The split's faces in time order, cut wherever the gap exceeds 1.5× the usual frame interval."""
-    faces = sorted((r for r in records if r.get("split") == split and r.get("face_key")), key=lambda r: r["time_s"])
+    faces = sorted((r for r in records if r.split == split and r.face_key), key=lambda r: r.time_s)
     if not faces:
         return []
-    gaps = np.diff([r["time_s"] for r in faces])
+    gaps = np.diff([r.time_s for r in faces])
     usual = float(np.median(gaps)) if len(gaps) else 0.0
     runs, current = [], [faces[0]]
     for previous, face in zip(faces, faces[1:]):
-        if usual and face["time_s"] - previous["time_s"] > 1.5 * usual:
+        if usual and face.time_s - previous.time_s > 1.5 * usual:
             runs.append(current)
             current = []
         current.append(face)
@@ -50,17 +51,17 @@ def contiguous_runs(records: list[dict], split: str) -> list[list[dict]]:
     return runs
 
 
-def build_clips(records: list[dict], split: str, clip_frames: int) -> list[Clip]:
+def build_clips(records: list[FaceRecord], split: str, clip_frames: int) -> list[Clip]:
     """Non-overlapping clips of exactly `clip_frames` frames from each run."""
     clips = []
     for run in contiguous_runs(records, split):
         for start in range(0, len(run) - clip_frames + 1, clip_frames):
             window = run[start:start + clip_frames]
-            clips.append(Clip(split, tuple(r["face_key"] for r in window), window[0]["time_s"]))
+            clips.append(Clip(split, tuple(r.face_key for r in window), window[0].time_s))
     return clips
 
 
-def longest_run(records: list[dict], split: str) -> int:
+def longest_run(records: list[FaceRecord], split: str) -> int:
     return max((len(run) for run in contiguous_runs(records, split)), default=0)
 
 

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (`triggers/api.py`).
+"""Request and response bodies of the HTTP API (`triggers/api/`).
 
 Job manifests and avatar manifests are returned as their own models
 (`schemas.manifest.JobManifest`, `schemas.avatar.AvatarManifest`); these are the rest.

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from core.stage import StageContext, StageResult
 from core.video import write_mp4
 from functions.backends import AvatarBackend, DatasetPolicy, TrainedAvatar, register, unregister
+from functions.lora_dataset import load_face_records
 from real_media import looped_talking_video
 from schemas.avatar import AvatarManifest
 from schemas.brief import RenderBrief, TrainBrief
-from schemas.dataset import FaceRecord
 from schemas.handoff import AlignOutput
 from schemas.plan import RenderPlan
 from triggers.cli import app
@@ -35,8 +35,8 @@ class MeanFaceBackend(AvatarBackend):
     dataset = DatasetPolicy(fps=5, drop_duplicates=False)
 
     def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:
-        lines = ctx.storage.get_bytes(dataset.metadata_key).splitlines()
-        keys = [r.face_key for r in map(FaceRecord.model_validate_json, lines) if r.split == "train" and r.face_key]
+        records = load_face_records(ctx.storage, dataset.metadata_key)
+        keys = [r.face_key for r in records if r.split == "train" and r.face_key]
         mean = np.mean([_decode(ctx.storage.get_bytes(k)) for k in keys], axis=0).round().astype(np.uint8)
         key = ctx.put_output_bytes("mean_face.png", cv2.imencode(".png", mean)[1].tobytes(), content_type="image/png")
         avatar = AvatarManifest(avatar_id=brief.avatar, job_id=ctx.job_id, backend=self.name,
@@ -72,19 +72,23 @@ def job_manifest(bucket: Path, stdout: str) -> dict:
     return json.loads((bucket / "jobs" / job_id / "manifest.json").read_text())
 
 
+def run_brief(bucket: Path, brief: Path, text: str, kind: type[TrainBrief] | type[RenderBrief]) -> dict:
+    """`videostudio run` on a brief that must succeed; its manifest, whose request is the brief and nothing else."""
+    brief.write_text(text)
+    result = cli.invoke(app, ["run", str(brief), "--bucket", str(bucket)])
+    assert result.exit_code == 0, result.stdout
+    manifest = job_manifest(bucket, result.stdout)
+    assert kind.model_validate(manifest["request"]).model_dump(mode="json") == manifest["request"]
+    return manifest
+
+
 def test_a_registered_backend_trains_deploys_and_renders_through_videostudio_run(tmp_path, mean_face_backend):
     bucket = tmp_path / "bucket"
     (bucket / "uploads").mkdir(parents=True)
     looped_talking_video(bucket / "uploads" / "talker.mp4", seconds=36)
-    train_brief = tmp_path / "talker.yaml"
-    train_brief.write_text("kind: train\navatar: talker\nvideo: uploads/talker.mp4\nbackend: mean-face\n"
-                           "resolution: 64\nmodel: tiny\n")
-
-    result = cli.invoke(app, ["run", str(train_brief), "--bucket", str(bucket)])
-    assert result.exit_code == 0, result.stdout
-    trained = job_manifest(bucket, result.stdout)
-    # The request is the brief and nothing else; what prepare derived is its typed record.
-    assert TrainBrief.model_validate(trained["request"]).model_dump(mode="json") == trained["request"]
+    trained = run_brief(bucket, tmp_path / "talker.yaml", "kind: train\navatar: talker\nvideo: uploads/talker.mp4\n"
+                        "backend: mean-face\nresolution: 64\nmodel: tiny\n", TrainBrief)
+    # What prepare derived is its typed record, not part of the request.
     prepared = trained["stages"]["prepare"]["handoff"]
     assert prepared["backend"] == "mean-face" and prepared["sample_fps"] == 5
     # The backend's dataset policy: every frame at its 5 fps, near-duplicates kept (a still face still speaks).
@@ -99,13 +103,8 @@ def test_a_registered_backend_trains_deploys_and_renders_through_videostudio_run
     preview = first_frame(bucket / trained["outputs"]["video"], 64, 64).astype(int)
     assert np.abs(preview - mean_face).mean() < 6  # the preview is the backend's render (H.264 tolerance)
 
-    render_brief = tmp_path / "hello.yaml"
-    render_brief.write_text("prompt: hello\navatar: talker\nmodel: tiny\nnum_frames: 7\nfps: 12\n"
-                            "width: 96\nheight: 64\n")
-    result = cli.invoke(app, ["run", str(render_brief), "--bucket", str(bucket)])
-    assert result.exit_code == 0, result.stdout
-    rendered = job_manifest(bucket, result.stdout)
-    assert RenderBrief.model_validate(rendered["request"]).model_dump(mode="json") == rendered["request"]
+    rendered = run_brief(bucket, tmp_path / "hello.yaml", "prompt: hello\navatar: talker\nmodel: tiny\nnum_frames: 7\n"
+                         "fps: 12\nwidth: 96\nheight: 64\n", RenderBrief)
     plan = rendered["stages"]["prepare"]["handoff"]["plan"]
     assert plan["backend"] == "mean-face" and plan["weights_key"] == avatar["weights_key"]
     assert rendered["stages"]["render"]["metrics"] == {"rendered_by": "mean-face"}

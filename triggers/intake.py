@@ -23,7 +23,7 @@ Duplicates and out-of-order delivery are harmless: `Runner.submit` is idempotent
 is derived from the bucket, the key and the sha256 of the object's bytes *now*. A late event for bytes
 that were since replaced just finds the job of the current bytes.
 
-Intakes: `POST /events` (triggers/api.py), `poll_sqs` (`videostudio intake sqs QUEUE_URL`), and the
+Intakes: `POST /events` (triggers/api/), `poll_sqs` (`videostudio intake sqs QUEUE_URL`), and the
 reconciler's inbox scan (triggers/reconciler.py), the safety net for lost events.
 """
 
@@ -120,68 +120,77 @@ def _normalise(payload: Any, source: EventSource | None, depth: int) -> Normalis
         result.ignored.append(Ignored("unrecognised", f"a JSON {type(payload).__name__}"))
         return result
 
-    # 1. envelopes: open them and look inside
+    # 1. envelopes: open them and look inside; 2. notifications
+    if not _open_envelope(payload, source, depth, result) and not _read_notification(payload, source, result):
+        result.ignored.append(Ignored("unrecognised", f"a JSON object with keys {sorted(payload)[:8]}"))
+    return result
+
+
+def _open_envelope(payload: dict, source: EventSource | None, depth: int, result: Normalised) -> bool:
+    """SQS, SNS and queue envelopes: normalise what they carry into `result`. False: not an envelope."""
     if "Records" in payload and _first_record_is(payload, "aws:sqs", "eventSource"):
         for record in _parsed_list(LambdaSqsRecord, payload["Records"], result):
             result.extend(_normalise(record.body, source or "sqs", depth + 1))
-        return result
+        return True
     if "Records" in payload and _first_record_is(payload, "aws:sns", "EventSource"):
         for record in _parsed_list(LambdaSnsRecord, payload["Records"], result):
             result.extend(_sns(record.sns, depth))
-        return result
+        return True
     if "Type" in payload and "Message" in payload:
         envelope = _parse(SnsEnvelope, payload, result)
         if envelope is not None:
             result.extend(_sns(envelope, depth))
-        return result
+        return True
     if "Body" in payload and "MessageId" in payload:
         message = _parse(SqsMessage, payload, result)
         if message is not None:
             result.extend(_normalise(message.body, source or "sqs", depth + 1))
-        return result
+        return True
     if "body" in payload and "id" in payload and ("lease_id" in payload or "attempts" in payload):
         pulled = _parse(QueuesPullMessage, payload, result)
         if pulled is not None:
             result.extend(_normalise(_queues_body(pulled.body), source, depth + 1))
-        return result
+        return True
     if "messages" in payload and isinstance(payload["messages"], list):  # a batch of queue messages
         for message in payload["messages"]:
             result.extend(_normalise(message, source, depth + 1))
-        return result
+        return True
+    return False
 
-    # 2. notifications
+
+def _read_notification(payload: dict, source: EventSource | None, result: Normalised) -> bool:
+    """S3 (and compatible), EventBridge and R2 notifications into `result`. False: not a notification."""
     if payload.get("Event") == "s3:TestEvent":
         test = _parse(S3TestEvent, payload, result)
         result.ignored.append(Ignored("test_event", f"s3:TestEvent for {test.bucket if test else '?'}"))
-        return result
+        return True
     if "Records" in payload:
         notification = _parse(S3Notification, payload, result)
         if notification is not None:
             result.extend(_s3_records(notification, source))
-        return result
+        return True
     if "detail-type" in payload and "detail" in payload:
         event = _parse(EventBridgeEvent, payload, result)
         if event is None:
-            return result
+            return True
         if event.source != "aws.s3" or event.detail_type != "Object Created":
             result.ignored.append(Ignored("not_a_create", f"{event.source} {event.detail_type}"))
-            return result
+            return True
         obj = event.detail.object
         result.events.append(_event(event.detail.bucket.name, obj.key, decode=True, size=obj.size, etag=obj.etag,
                                     version_id=obj.version_id, event_time=event.time, source="eventbridge"))
-        return result
+        return True
     if {"account", "action", "bucket", "object"} <= payload.keys():
         message = _parse(R2EventMessage, payload, result)
         if message is None:
-            return result
+            return True
         if message.action not in R2_CREATE_ACTIONS:
             result.ignored.append(Ignored("not_a_create", f"R2 {message.action}"))
-            return result
+            return True
         result.events.append(_event(message.bucket, message.object.key, decode=False, size=message.object.size,
                                     etag=message.object.etag, event_time=message.event_time, source="r2"))
-        return result
-    result.ignored.append(Ignored("unrecognised", f"a JSON object with keys {sorted(payload)[:8]}"))
-    return result
+        return True
+    return False
 
 
 def _sns(envelope: SnsEnvelope, depth: int) -> Normalised:

@@ -47,6 +47,7 @@ from functions.models.mochi import LoadedPipeline, load_training_pipeline
 from functions.text_to_video import LoraWeights, render_text_to_video
 from schemas.avatar import AvatarManifest
 from schemas.brief import RenderBrief, TrainBrief
+from schemas.dataset import FaceRecord
 from schemas.errors import VideostudioError
 from schemas.handoff import AlignOutput
 from schemas.plan import RenderPlan
@@ -87,7 +88,7 @@ class ClipSet:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def cut_clips(records: list[dict], requested_frames: int) -> ClipSet:
+def cut_clips(records: list[FaceRecord], requested_frames: int) -> ClipSet:
     """Train at the requested length (6k+1); evaluate on what the val/test runs allow."""
     clip_frames = snap_down(requested_frames)
     warnings = []
