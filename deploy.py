@@ -115,7 +115,7 @@ def make_queue(settings: Settings) -> SpawnQueue:
         webhook_function=WEBHOOK_FUNCTION,
         delay_function=DELAY_FUNCTION,
         resolve=lambda name: spawn_target(name),  # looked up per spawn, so tests can swap it
-        max_attempts=max(settings.max_attempts, settings.webhook_max_attempts) + 2,
+        max_attempts=settings.queue_lease_attempts,
     )
 
 

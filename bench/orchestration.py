@@ -103,8 +103,7 @@ class Events:
 def build_runner(root: Path, settings: Settings, probe: Probe, events: Events) -> Runner:
     """As triggers.wiring.open_runner does, with the no-op pipeline instead of the default one."""
     storage = LocalStorage(root)
-    queue = SqliteQueue(storage.state_dir / QUEUE_FILE,
-                        max_attempts=max(settings.max_attempts, settings.webhook_max_attempts) + 2)
+    queue = SqliteQueue(storage.state_dir / QUEUE_FILE, max_attempts=settings.queue_lease_attempts)
     runner = Runner(storage, queue, probe.pipeline(), settings, on_event=events)
     _ = runner.device  # detects the device once (imports torch): a one-time cost kept out of the timings
     return runner

@@ -35,3 +35,11 @@ def device_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0)
+
+
+def usable_cuda_bytes() -> int:
+    """Free GPU memory plus what this process's allocator already holds (a cached pipeline it can drop)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved()

@@ -53,3 +53,8 @@ class Settings(BaseSettings):
     events_secret: SecretStr | None = Field(default=None, description=(
         "Shared secret for POST /events (Bearer, or the password of Basic auth); unset: the API token."))
 
+    @property
+    def queue_lease_attempts(self) -> int:
+        """Leases of one queue message before the queue dead-letters it: above both attempt budgets, so only a
+        message that crashes the runner itself (not a failing stage or webhook) ever reaches it."""
+        return max(self.max_attempts, self.webhook_max_attempts) + 2

@@ -40,8 +40,5 @@ def open_runner(settings: Settings, *, on_event: EventHook | None = None) -> Run
     from functions.routes import default_pipeline
 
     storage = open_storage(settings.bucket, settings=settings)
-    # Queue dead-lettering is the safety net for messages that crash the runner itself;
-    # stage attempts are bounded in the manifest, webhook attempts by their own budget.
-    queue = SqliteQueue(state_dir_for(settings, storage) / QUEUE_FILE,
-                        max_attempts=max(settings.max_attempts, settings.webhook_max_attempts) + 2)
+    queue = SqliteQueue(state_dir_for(settings, storage) / QUEUE_FILE, max_attempts=settings.queue_lease_attempts)
     return Runner(storage, queue, default_pipeline(), settings, on_event=on_event)

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.settings import MAX_URL_EXPIRES_S
 from core.storage.base import (
     HASH_CHUNK,
     ObjectInfo,
@@ -59,7 +60,6 @@ MIB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 64 * MIB
 DEFAULT_MULTIPART_CHUNKSIZE = 16 * MIB
 DEFAULT_MAX_CONCURRENCY = 8
-DEFAULT_URL_EXPIRES_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's sha256, written by this backend
 ENDPOINT_ENV_VARS = ("VIDEOSTUDIO_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
@@ -394,7 +394,7 @@ class S3Storage(Storage):
             raise self._wrap(exc, key, "DELETE") from None
 
     def url(self, key: str, *, expires_s: int = 3600) -> str:
-        expires = max(1, min(int(expires_s), DEFAULT_URL_EXPIRES_S))
+        expires = max(1, min(int(expires_s), MAX_URL_EXPIRES_S))
         return self._presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires)
 

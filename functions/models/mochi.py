@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.device import pick_device
+from core.device import pick_device, usable_cuda_bytes
 from functions.models.mochi_configs import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_MODEL,
@@ -151,12 +151,6 @@ def load_training_pipeline(model_id: str, *, device_setting: str = "auto") -> Lo
 # -- which quantization a render runs with ---------------------------------------------------------------
 CPU_AUTO_REASON = ("auto on CPU: the unquantised float32 pipeline (quantized formats save GPU memory; on a CPU "
                    "they only add casts). Name a method in the brief to use one here")
-
-
-def usable_cuda_bytes() -> int:
-    """Free device memory plus what this process's allocator already holds (a cached pipeline we can drop)."""
-    free, _total = torch.cuda.mem_get_info()
-    return free + torch.cuda.memory_reserved()
 
 
 def resolve_quantization(model_id: str, requested: str, device: str, job: RenderJob | None = None,
