@@ -286,7 +286,9 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
 
 
 def test_events_stream_manifest_changes_and_end_when_the_job_is_done(client, runner):
-    job_id = post_brief(client, TINY_BRIEF.format(steps=2, seed=7), name="streamed")["job_id"]
+    # 40 denoising steps keep the job running for several of the stream's 0.25 s polls: a polling stream
+    # shows a state only if it lasts longer than a poll (a 2-step tiny render can finish within one).
+    job_id = post_brief(client, TINY_BRIEF.format(steps=40, seed=7), name="streamed")["job_id"]
     started = threading.Event()
 
     def work() -> None:
