@@ -4,7 +4,10 @@ Frames are sampled in one streamed ffmpeg pass (never the whole video in memory)
 gray thumbnails, enough to judge them. Every sampled frame, kept or dropped with its reason,
 is listed in `frames.jsonl`; the video's key, sha256 and probe are handed on to align
 (`DatasetPrepared`). The avatar backend's `DatasetPolicy` says at which fps frames are
-sampled and whether near-duplicates are dropped. No full-size
+sampled, whether near-duplicates are dropped, and whether the sound is kept: an audio-driven
+backend (`DatasetPolicy.audio`) gets the video's track extracted once to `audio.wav` (16 kHz mono,
+loudness-normalised, synced to frame 0), and a video with too little speech in it is refused
+before any frame is sampled. No full-size
 frame is written: align decodes the kept ones again from the video (a decode costs a fraction
 of encoding, storing and re-reading an image per frame), and checks the sha256 first.
 """
@@ -15,6 +18,8 @@ import re
 import time
 from pathlib import Path
 
+from core.audio import SPEECH_SAMPLE_RATE, extract_speech_wav, normalize_loudness, read_wav, write_wav
+from functions.voice_activity import speech_share
 from core.stage import StageContext, StageResult
 from core.storage.base import file_sha256
 from core.video import probe_video, sample_thumbnails
@@ -23,7 +28,7 @@ from functions.frame_quality import FrameFilter
 from schemas.brief import TrainBrief
 from schemas.dataset import FrameRecord
 from schemas.errors import VideostudioError
-from schemas.handoff import DatasetPrepared, VideoProbe
+from schemas.handoff import AudioPrepared, DatasetPrepared, VideoProbe
 
 MIN_DURATION_S = 30.0
 MAX_DURATION_S = 600.0
@@ -31,6 +36,9 @@ MAX_PIXELS = 4096 * 2304  # 4K-class and below; larger frames cost memory for no
 MIN_SIDE = 64
 MIN_KEPT_FRAMES = 10
 TRUNCATION_SHARE = 0.9  # fewer decodable frames than this share of the container's duration: cut short
+# An audio-driven avatar learns lips from speech: under this share of the video spoken (Silero VAD), there is
+# too little to learn from. Real talking-head clips measure 0.61–0.96; silence, noise and tones measure 0.
+MIN_SPEECH_SHARE = 0.3
 
 
 def avatar_id_from_key(key: str) -> str:
@@ -57,6 +65,7 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
     local = ctx.storage.download(video_key, ctx.scratch / ("input" + Path(video_key).suffix.lower()))
     info = probe_video(local)
     _check_video(info.width, info.height, info.duration_s)
+    audio = _prepare_audio(ctx, local, info.duration_s) if policy.audio else None
 
     # 2. sample and judge every frame in one streamed pass
     clock = time.perf_counter()
@@ -89,19 +98,38 @@ def prepare_training_video(ctx: StageContext, brief: TrainBrief) -> StageResult:
         video=VideoProbe(width=info.width, height=info.height, fps=round(info.fps, 3),
                          duration_s=round(info.duration_s, 3), codec=info.codec, rotation=info.rotation,
                          variable_frame_rate=info.variable_frame_rate, bit_depth=info.bit_depth),
-        frames_key=frames_key, sample_fps=sample_fps, backend=backend.name)
+        frames_key=frames_key, sample_fps=sample_fps, backend=backend.name, audio=audio)
     warnings = []
     if counts["kept"] < 0.5 * counts["total"]:
         warnings.append(f"prepare kept only {counts['kept']} of {counts['total']} frames ({_dropped_summary(counts)})")
+    outputs, metrics = {"frames": frames_key}, {
+        **counts, "extract_fps": sample_fps, "duration_s": round(info.duration_s, 3), "source_fps": round(info.fps, 3),
+        "extract_s": round(extract_s, 3), "frames_per_s": round(counts["total"] / extract_s, 2) if extract_s else None}
+    if audio is not None:
+        outputs["audio"] = audio.key
+        metrics.update(audio_duration_s=audio.duration_s, audio_lufs=audio.lufs, audio_speech_share=audio.speech_share)
     return StageResult(
-        outputs={"frames": frames_key},
-        metrics={**counts, "extract_fps": sample_fps, "duration_s": round(info.duration_s, 3),
-                 "source_fps": round(info.fps, 3), "extract_s": round(extract_s, 3),
-                 "frames_per_s": round(counts["total"] / extract_s, 2) if extract_s else None},
+        outputs=outputs,
+        metrics=metrics,
         request=brief.model_copy(update={"video": video_key}),
         handoff=prepared,
         warnings=warnings,
     )
+
+
+def _prepare_audio(ctx: StageContext, video: Path, duration_s: float) -> AudioPrepared:
+    """The video's sound → prepare/audio.wav (one ffmpeg pass, then the loudness gain), if it holds enough speech."""
+    ctx.progress(0.0, "extracting audio")
+    decoded = read_wav(extract_speech_wav(video, ctx.scratch / "audio-decoded.wav", duration_s=duration_s))
+    normalized, loudness = normalize_loudness(decoded)
+    share = speech_share(normalized)  # at the target level, so a quiet recording is judged like a loud one
+    if share < MIN_SPEECH_SHARE:
+        raise VideostudioError("not_enough_speech", f"speech was heard in {share:.0%} of the video; an audio-driven "
+                               f"avatar needs someone talking for at least {MIN_SPEECH_SHARE:.0%} of it")
+    key = ctx.put_output_file("audio.wav", write_wav(ctx.scratch / "audio.wav", normalized), content_type="audio/wav")
+    return AudioPrepared(key=key, sample_rate=SPEECH_SAMPLE_RATE, duration_s=round(normalized.duration_s, 3),
+                         lufs=loudness.source_lufs, normalized_lufs=loudness.lufs, gain_db=loudness.gain_db,
+                         speech_share=share)
 
 
 def _check_video(width: int, height: int, duration_s: float) -> None:

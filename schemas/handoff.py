@@ -47,6 +47,23 @@ class RenderPrepared(StageHandoff):
     plan: RenderPlan
 
 
+class AudioPrepared(BaseModel):
+    """A training video's sound as prepare extracted it: `audio.wav`, 16 kHz mono PCM s16, one sample per
+    1/16000 s of the video from t = 0 (frame i is at t = i / sample_fps), loudness-normalised."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(description="jobs/<id>/prepare/audio.wav")
+    sample_rate: int
+    duration_s: float = Field(description="The video's duration: the track is padded with silence or cut to it.")
+    lufs: float | None = Field(description="Integrated loudness of the video's track (ITU-R BS.1770), before "
+                               "normalisation; None: silent.")
+    normalized_lufs: float | None = Field(description="Loudness of audio.wav: the target, −23 LUFS, within 0.1 LU "
+                                          "(peaks the gain would push past −1 dBFS are limited, never clipped).")
+    gain_db: float = Field(description="Gain applied before the peak limiter.")
+    speech_share: float = Field(ge=0.0, le=1.0, description="Share of the audio Silero VAD calls speech.")
+
+
 class DatasetPrepared(StageHandoff):
     """prepare of a train job: the video align decodes again, and the frames it judged."""
 
@@ -58,6 +75,8 @@ class DatasetPrepared(StageHandoff):
     frames_key: str = Field(description="frames.jsonl: every sampled frame with its verdict.")
     sample_fps: float = Field(description="The fps frames were sampled at (the backend's, or the brief's extract_fps).")
     backend: str
+    audio: AudioPrepared | None = Field(default=None, description=(
+        "The extracted sound, for backends whose DatasetPolicy asks for audio; None for the others."))
 
 
 class AlignOutput(StageHandoff):

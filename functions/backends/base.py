@@ -41,6 +41,9 @@ class DatasetPolicy(BaseModel):
         "Sample every frame at this fps (frames paired with audio need a fixed rate); None: the brief's extract_fps."))
     drop_duplicates: bool = Field(default=True, description=(
         "Drop near-duplicate frames (stills); keep them where each frame is paired with its instant of audio."))
+    audio: bool = Field(default=False, description=(
+        "Extract the video's sound to prepare/audio.wav (16 kHz mono) and require speech in it (audio-driven "
+        "backends); off: the sound is ignored."))
 
     def sample_fps(self, brief: TrainBrief) -> float:
         return self.fps if self.fps is not None else brief.extract_fps
