@@ -23,6 +23,7 @@ from functions.models.syncnet import LipSyncExpert, load_expert, stack_window, s
 from functions.models.wav2lip import Wav2LipGenerator, load_generator, masked_input, parameter_count
 from functions.models.wav2lip_audio import load_wav, mel_window, melspectrogram
 from schemas.errors import VideostudioError
+from tests.av_corpus import FPS, SAMPLES_PER_FRAME, speech_envelope, talking_lower_halves
 from tests.real_media import media_file
 
 # name  kind  in  out  kernel.  cbr: Conv2d + BatchNorm2d in `conv_block`; tbr: ConvTranspose2d + BatchNorm2d;
@@ -369,36 +370,6 @@ def test_mel_window_starts_at_80_i_over_fps() -> None:
 
 
 # --- lip-sync metrics --------------------------------------------------------------------------
-
-FPS = 25
-SAMPLES_PER_FRAME = 16000 // FPS
-
-
-def speech_envelope(wav: np.ndarray) -> np.ndarray:
-    """Per video frame loudness in [0, 1]: RMS in dB over the frame's 40 ms, the top 40 dB kept."""
-    frames = len(wav) // SAMPLES_PER_FRAME
-    rms = np.sqrt((wav[: frames * SAMPLES_PER_FRAME].reshape(frames, SAMPLES_PER_FRAME) ** 2).mean(axis=1))
-    db = 20 * np.log10(rms + 1e-5)
-    return np.clip((db - db.max() + 40) / 40, 0, 1)
-
-
-def talking_lower_halves(envelope: np.ndarray, seed: int = 0) -> torch.Tensor:
-    """Lower halves (N, 3, 48, 96) of the astronaut's 96-px face whose mouth opens with `envelope`."""
-    from PIL import Image
-    from skimage import data
-
-    face = Image.fromarray(data.astronaut()[40:190, 150:300]).resize((96, 96), Image.BILINEAR)
-    lower = np.asarray(face, np.float32)[48:] / 255
-    rows, cols = np.mgrid[0:48, 0:96]
-    rng = np.random.default_rng(seed)
-    out = np.empty((len(envelope), 3, 48, 96), np.float32)
-    for i, opening in enumerate(envelope):
-        frame = lower.copy()
-        frame[((rows - 19) / (1 + 9 * opening)) ** 2 + ((cols - 48) / 13) ** 2 <= 1] = 0.1  # a dark open mouth
-        frame += rng.normal(0, 0.02, frame.shape).astype(np.float32)  # sensor noise: no two frames equal
-        out[i] = np.clip(frame, 0, 1).transpose(2, 0, 1)
-    return torch.from_numpy(out)
-
 
 @pytest.fixture(scope="module")
 def trained_expert() -> tuple[LipSyncExpert, np.ndarray, torch.Tensor, int]:
