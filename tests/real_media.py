@@ -6,18 +6,21 @@ person, motion and audio, played again), scaled down to keep CPU tests quick.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+# ../shared/media beside the checkout; VIDEOSTUDIO_TEST_MEDIA points elsewhere (a checkout in another place).
+MEDIA = Path(os.environ.get("VIDEOSTUDIO_TEST_MEDIA") or Path(__file__).resolve().parents[2] / "shared" / "media")
 
 
 def media_file(name: str) -> Path:
     path = MEDIA / name
     if not path.exists():
-        pytest.skip(f"real footage {name} is not in {MEDIA.name}/ beside the checkout (../shared/media)")
+        pytest.skip(f"real footage {name} is not in ../shared/media beside the checkout "
+                    "(or set VIDEOSTUDIO_TEST_MEDIA)")
     return path
 
 
