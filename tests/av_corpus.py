@@ -47,9 +47,40 @@ def talking_lower_halves(envelope: np.ndarray, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def talking_faces(envelope: np.ndarray, seed: int = 0) -> torch.Tensor:
-    """Whole 96-px crops (N, 3, 96, 96): talking_lower_halves below a noisy, still upper half."""
+def head_drift(n_frames: int, amplitude_px: float) -> np.ndarray:
+    """(n, 2) integer (dy, dx) offsets of a slowly swaying head: two sines of incommensurate periods per
+    axis, so frames a second or more apart are seldom aligned (as a reference frame in real footage)."""
+    t = np.arange(n_frames) / FPS
+    dx = 0.6 * np.sin(2 * np.pi * t / 1.7) + 0.4 * np.sin(2 * np.pi * t / 4.3 + 1.0)
+    dy = 0.5 * np.sin(2 * np.pi * t / 2.9 + 2.0) + 0.3 * np.sin(2 * np.pi * t / 6.1)
+    return np.rint(amplitude_px * np.stack((dy, dx), axis=1)).astype(int)
+
+
+def talking_faces(envelope: np.ndarray, seed: int = 0, *, drift_px: float = 0.0) -> torch.Tensor:
+    """Whole 96-px crops (N, 3, 96, 96): talking_lower_halves below a noisy upper half; with `drift_px`
+    the whole face sways by up to that many pixels (edges replicated)."""
     upper = torch.from_numpy(astronaut_face()[:48].transpose(2, 0, 1).copy())
     rng = np.random.default_rng(seed + 1)  # the lower halves keep talking_lower_halves' own noise
     noise = torch.from_numpy(rng.normal(0, NOISE, (len(envelope), *upper.shape)).astype(np.float32))
-    return torch.cat(((upper + noise).clamp(0, 1), talking_lower_halves(envelope, seed)), dim=2)
+    faces = torch.cat(((upper + noise).clamp(0, 1), talking_lower_halves(envelope, seed)), dim=2)
+    if drift_px:
+        pad = int(np.ceil(drift_px))
+        padded = torch.nn.functional.pad(faces, (pad,) * 4, mode="replicate")
+        faces = torch.stack([padded[i, :, pad - dy:pad - dy + 96, pad - dx:pad - dx + 96]
+                             for i, (dy, dx) in enumerate(head_drift(len(envelope), drift_px))])
+    return faces
+
+
+def frame_windows(faces: torch.Tensor, frame_mels: torch.Tensor, start: int, stop: int, *,
+                  with_references: bool = True):
+    """The WindowSet of the 5-frame windows whose first frame is in [start, stop), as views of `faces`
+    (N, 3, 96, 96) and `frame_mels` (N, 80, 16). References: the window half the range away (another
+    moment of the same split; copied), or the targets themselves when the caller has no use for them."""
+    from functions.wav2lip_training import WindowSet
+
+    targets = faces.unfold(0, 5, 1).permute(0, 4, 1, 2, 3)[start:stop]  # a view: windows overlap
+    mels = frame_mels.unfold(0, 5, 1).permute(0, 3, 1, 2)[start:stop]
+    half = (stop - start) // 2
+    references = torch.cat((targets[half:], targets[:half])) if with_references else targets
+    return WindowSet(targets=targets, references=references, frame_mels=mels, sync_mels=frame_mels[start:stop],
+                     first_frames=torch.arange(start, stop))
