@@ -110,7 +110,11 @@ def test_bad_briefs_fail_with_codes_and_worker_keeps_serving(tmp_path, up_proces
 def test_killed_worker_mid_render_is_resumed(tmp_path, up_process):
     bucket = tmp_path / "bucket"
     proc = up_process(bucket, VIDEOSTUDIO_LEASE_S="2")
-    drop_by_rename(bucket, "long.yaml", TINY_BRIEF.format(steps=200, seed=5))
+    # Long enough (about 3.5 s of denoising here) for the poll below to see it mid-render: 200 steps at 64×48
+    # took 0.5 s on a quiet machine, and the job could finish between two throttled progress writes.
+    long_brief = TINY_BRIEF.format(steps=500, seed=5).replace("width: 64", "width: 256").replace("height: 48",
+                                                                                                "height: 192")
+    drop_by_rename(bucket, "long.yaml", long_brief)
     running = wait_for_job(
         bucket, "inbox/long.yaml",
         lambda m: ((m["stages"]["render"].get("progress") or {}).get("step") or 0) >= 2, proc=proc)
