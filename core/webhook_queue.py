@@ -9,7 +9,7 @@ backoff are `core/webhooks.py`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 from core import webhooks
 from core.jobs import ManifestStore, manifest_key, webhook_body_key
