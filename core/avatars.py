@@ -49,11 +49,17 @@ class AvatarRegistry:
                     yield manifest
 
     def deploy(self, manifest: AvatarManifest, weights_source_key: str) -> AvatarManifest:
-        """Publish the weights (copied from the train job's output, sha256 recorded) and then the manifest."""
+        """Publish the weights (copied from the train job's output, sha256 recorded) and the backend's other
+        files, and then the manifest."""
         weights = self.storage.get_bytes(weights_source_key)
         weights_key = avatar_prefix(manifest.avatar_id) + PurePosixPath(weights_source_key).name
         self.storage.put_bytes(weights_key, weights, content_type="application/octet-stream")
-        update = {"weights_key": weights_key, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        assets = {}
+        for name, source_key in manifest.assets.items():
+            assets[name] = avatar_prefix(manifest.avatar_id) + PurePosixPath(source_key).name
+            if assets[name] != source_key:
+                self.storage.put_bytes(assets[name], self.storage.get_bytes(source_key))
+        update = {"weights_key": weights_key, "weights_sha256": hashlib.sha256(weights).hexdigest(), "assets": assets}
         if manifest.lora_key is not None:  # mochi-lora names its weights `lora_key` too (schema 1)
             update["lora_key"] = weights_key
         manifest = manifest.model_copy(update=update)

@@ -2,7 +2,8 @@
 
 The validated brief becomes the job's `request`. For a render brief, prepare also resolves
 the preset, the frame count snapped to 6k+1, the model and the avatar's backend into the plan
-it hands on (`RenderPrepared`); a training video is probed and its frames judged
+it hands on (`RenderPrepared`); a talking avatar's brief gets its speech made ready
+(functions/talking.py) and a `TalkingPlan`; a training video is probed and its frames judged
 (prepare_video.py).
 """
 
@@ -17,6 +18,7 @@ from functions.presets import resolve_render_plan
 from schemas.brief import RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
 from schemas.handoff import RenderPrepared
+from schemas.plan import Plan, TalkingPlan
 
 BRIEF_SUFFIXES = (".yaml", ".yml", ".json")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
@@ -59,20 +61,28 @@ def prepare(ctx: StageContext) -> StageResult:
 def _prepare_render(ctx: StageContext, brief: RenderBrief) -> StageResult:
     if brief.avatar:
         avatar = AvatarRegistry(ctx.storage).require(brief.avatar)
-        plan = get_backend(avatar.backend).plan_render(brief, avatar, ctx.settings)
+        plan = get_backend(avatar.backend).plan_render(ctx, brief=brief, avatar=avatar)
+    elif brief.talking:
+        raise VideostudioError("missing_avatar", "script: and audio: are spoken by a talking avatar: give avatar:")
     else:
         plan = resolve_render_plan(brief, ctx.settings)
+    if isinstance(plan, TalkingPlan):
+        return _prepared(ctx, brief, plan, warnings=[], metrics={
+            "num_frames": plan.num_frames, "duration_s": plan.duration_s, "speech_source": plan.speech.source,
+            "speech_duration_s": plan.speech.duration_s, "speech_lufs": plan.speech.lufs},
+            outputs={"speech": plan.speech.key})
     warnings = []
     if plan.frames_snapped:
         warnings.append(f"frame count snapped from {plan.frames_requested} to {plan.num_frames} (Mochi needs 6k+1 frames)")
     if plan.random_weights:
         warnings.append("model 'tiny' has random weights: the video is noise, useful only to test the pipeline")
+    return _prepared(ctx, brief, plan, warnings=warnings, metrics={
+        "num_frames": plan.num_frames, "frames_requested": plan.frames_requested,
+        "frames_snapped": plan.frames_snapped, "steps": plan.steps, "duration_s": plan.duration_s})
+
+
+def _prepared(ctx: StageContext, brief: RenderBrief, plan: Plan, *, warnings: list[str], metrics: dict,
+              outputs: dict[str, str] | None = None) -> StageResult:
     ctx.put_output_bytes("plan.json", plan.model_dump_json(indent=2).encode(), content_type="application/json")
-    return StageResult(
-        outputs={"plan": ctx.output_key("plan.json")},
-        metrics={"num_frames": plan.num_frames, "frames_requested": plan.frames_requested,
-                 "frames_snapped": plan.frames_snapped, "steps": plan.steps, "duration_s": plan.duration_s},
-        request=brief,
-        handoff=RenderPrepared(plan=plan),
-        warnings=warnings,
-    )
+    return StageResult(outputs={"plan": ctx.output_key("plan.json"), **(outputs or {})}, metrics=metrics,
+                       request=brief, handoff=RenderPrepared(plan=plan), warnings=warnings)

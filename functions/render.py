@@ -11,10 +11,10 @@ from core.stage import StageContext, StageResult
 from functions.backends import get_backend
 from functions.text_to_video import render_text_to_video
 from schemas.handoff import RenderPrepared, TrainOutput
-from schemas.plan import RenderPlan
+from schemas.plan import Plan, RenderPlan
 
 
-def job_plan(ctx: StageContext) -> RenderPlan:
+def job_plan(ctx: StageContext) -> Plan:
     if "train" in ctx.manifest.stages:
         return ctx.handoff(TrainOutput).preview
     return ctx.handoff(RenderPrepared).plan
@@ -22,6 +22,6 @@ def job_plan(ctx: StageContext) -> RenderPlan:
 
 def render(ctx: StageContext) -> StageResult:
     plan = job_plan(ctx)
-    if plan.backend is None:
+    if isinstance(plan, RenderPlan) and plan.backend is None:
         return render_text_to_video(ctx, plan)
     return get_backend(plan.backend).render(ctx, plan=plan)

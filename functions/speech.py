@@ -34,18 +34,17 @@ import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from core.audio import (SPEECH_SAMPLE_RATE, Audio, Loudness, extract_speech_wav, normalize_loudness,
                         probe_audio, read_wav, resample, write_wav)
 from functions.voice_activity import speech_share
+from schemas.brief import MAX_SCRIPT_CHARS
 from schemas.errors import VideostudioError
+from schemas.speech import SpeechRecord
 
 BUNDLED_VOICE = "en_US-joe-medium"
-MAX_SCRIPT_CHARS = 5_000
 MAX_AUDIO_S = 600.0
 # piper's own voice repository layout (piper.download_voices.URL_FORMAT); tests point it at 127.0.0.1.
 VOICE_URL = ("https://huggingface.co/rhasspy/piper-voices/resolve/main/{lang_family}/{lang_code}/{voice_name}/"
@@ -54,22 +53,6 @@ FETCH_TIMEOUT_S = 10.0  # each connect and each read; an unreachable host fails 
 FETCH_DEADLINE_S = 300.0  # the whole download (voices are 60–120 MB)
 MAX_VOICE_BYTES = 512 * 2**20
 DEFAULT_VOICES_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "videostudio" / "voices"
-
-
-class SpeechRecord(BaseModel):
-    """What `synthesize` or `load_speech` made (no local paths: it may go into a manifest)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: Literal["script", "audio"]
-    voice: str | None = Field(description="The piper voice id that spoke the script; None for a recording.")
-    characters: int | None = Field(default=None, description="Length of the script spoken.")
-    sample_rate: int
-    duration_s: float
-    lufs: float | None = Field(description="Loudness of the WAV (ITU-R BS.1770); None: silent.")
-    source_lufs: float | None = Field(description="Loudness before normalisation.")
-    gain_db: float
-    speech_share: float = Field(ge=0.0, le=1.0, description="Share Silero VAD calls speech.")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from core.avatars import AvatarRegistry
+from core.avatars import AvatarRegistry, avatar_prefix
 from core.stage import StageContext, StageResult
 from functions.backends import get_backend
 from schemas.brief import TrainBrief
@@ -22,9 +22,11 @@ def train(ctx: StageContext) -> StageResult:
     avatar = trained.avatar
     avatar_key = ctx.put_output_bytes("avatar.json", avatar.model_dump_json(indent=2).encode(),
                                       content_type="application/json")
+    manifest_key = avatar_key
     if brief.deploy:
-        AvatarRegistry(ctx.storage).deploy(avatar, avatar.weights_key)
-    preview = backend.preview(brief=brief, avatar=avatar, settings=ctx.settings)
+        avatar = AvatarRegistry(ctx.storage).deploy(avatar, avatar.weights_key)
+        manifest_key = avatar_prefix(avatar.avatar_id) + "manifest.json"
+    preview = backend.preview(ctx, brief=brief, avatar=avatar, avatar_key=manifest_key)
     ctx.progress(1.0, "done")
     return StageResult(
         outputs={**trained.outputs, "avatar": avatar_key},
@@ -32,6 +34,6 @@ def train(ctx: StageContext) -> StageResult:
         metrics={**trained.metrics, "deployed": brief.deploy},
         warnings=trained.warnings,
         model_id=trained.model_id,
-        handoff=TrainOutput(avatar_id=avatar.avatar_id, avatar_key=avatar_key, weights_key=avatar.weights_key,
+        handoff=TrainOutput(avatar_id=avatar.avatar_id, avatar_key=avatar_key, weights_key=trained.avatar.weights_key,
                             deployed=brief.deploy, preview=preview),
     )

@@ -26,6 +26,10 @@ class AvatarManifest(BaseModel):
     base_model: str
     weights_key: str = Field(description="The weights in the bucket (in the job until deployed, then beside this file).")
     weights_sha256: str | None = Field(default=None, description="sha256 of the weights, recorded at deploy.")
+    assets: dict[str, str] = Field(default_factory=dict, description=(
+        "Other files the backend renders with, name → bucket key (wav2lip: its reference footage, the face track "
+        "and its lip-sync expert); deploy copies them beside the manifest too."))
+    talks: bool = Field(default=False, description="It speaks a script or a recording (a talking avatar).")
     trigger_token: str | None = Field(default=None, description=(
         "mochi-lora: put this in a prompt's text; `avatar:` in a brief adds it for you."))
     lora_key: str | None = Field(default=None, description="mochi-lora: the LoRA weights (the same as weights_key).")

@@ -19,6 +19,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -36,6 +37,7 @@ WebhookEventType = Literal[
 MAX_PROMPT_CHARS = 10_000  # far above any text encoder's window; bounds manifest size
 MAX_SIDE = 2048
 MAX_BRIEF_BYTES = 1_000_000
+MAX_SCRIPT_CHARS = 5_000  # about five minutes of speech; functions/speech.py enforces it on what is spoken
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_BACKEND = "mochi-lora"
 
@@ -61,11 +63,29 @@ class _BriefBase(BaseModel):
     webhook: WebhookSpec | None = None
 
 
+def _relative_key(value: str | None, what: str) -> str | None:
+    if value is not None and (value.startswith("/") or ".." in value.split("/")):
+        raise PydanticCustomError("invalid_key", "{what} key '{key}' must be a relative bucket key",
+                                  {"what": what, "key": value})
+    return value
+
+
 class RenderBrief(_BriefBase):
-    """A text-to-video request rendered with Mochi 1 through diffusers."""
+    """A video request: a prompt rendered with Mochi 1 through diffusers (optionally with a Mochi LoRA avatar),
+    or a talking avatar speaking `script:` or `audio:`."""
 
     kind: Literal["render"] = "render"
-    prompt: str = Field(description="What to render.")
+    prompt: str | None = Field(default=None, description="What to render (Mochi). A talking avatar's brief "
+                               "gives `script:` or `audio:` instead.")
+    script: str | None = Field(default=None, description=(
+        f"Text the avatar speaks (a talking avatar: wav2lip), spoken by `voice:`; at most {MAX_SCRIPT_CHARS:,} "
+        "characters."))
+    audio: str | None = Field(default=None, description=(
+        "Bucket key of a recording the avatar speaks instead of a script: wav, mp3, m4a, ogg or flac, at most "
+        "10 minutes."))
+    voice: str | None = Field(default=None, description=(
+        "The piper voice that speaks `script:`: a voice id (en_US-joe-medium, bundled, is the default; others are "
+        "fetched where the network allows) or a local path to a voice's .onnx."))
     negative_prompt: str = ""
     preset: str = Field(default="balanced", description="fast | balanced | quality")
     duration_s: float | None = Field(
@@ -85,7 +105,9 @@ class RenderBrief(_BriefBase):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_empty(cls, value: str) -> str:
+    def _prompt_not_empty(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value:
             raise PydanticCustomError("empty_prompt", "prompt must not be empty")
         if len(value) > MAX_PROMPT_CHARS:
@@ -94,6 +116,44 @@ class RenderBrief(_BriefBase):
                 {"n": len(value), "limit": MAX_PROMPT_CHARS},
             )
         return value
+
+    @field_validator("script")
+    @classmethod
+    def _script_within_limits(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value:
+            raise PydanticCustomError("empty_script", "the script is empty: there is nothing to say")
+        if len(value) > MAX_SCRIPT_CHARS:
+            raise PydanticCustomError(
+                "script_too_long", "the script has {n} characters; the limit is {limit}",
+                {"n": len(value), "limit": MAX_SCRIPT_CHARS},
+            )
+        return value
+
+    @field_validator("audio")
+    @classmethod
+    def _audio_key_is_safe(cls, value: str | None) -> str | None:
+        return _relative_key(value, "audio")
+
+    @model_validator(mode="after")
+    def _prompt_or_speech(self) -> "RenderBrief":
+        if self.script is not None and self.audio is not None:
+            raise PydanticCustomError("conflicting_speech", "give either script: or audio:, not both")
+        if self.voice is not None and self.script is None:
+            raise PydanticCustomError("conflicting_speech", "voice: speaks a script: give script: with it")
+        if self.talking and self.avatar is None:
+            raise PydanticCustomError("missing_avatar", "script: and audio: are spoken by an avatar: give avatar: "
+                                      "(a talking avatar, e.g. one trained with backend: wav2lip)")
+        if self.prompt is None and not self.talking:
+            raise PydanticCustomError("missing_field", "prompt: field required (or script:/audio: with a talking "
+                                      "avatar)")
+        return self
+
+    @property
+    def talking(self) -> bool:
+        """The brief asks an avatar to speak."""
+        return self.script is not None or self.audio is not None
 
     @field_validator("preset")
     @classmethod
@@ -158,16 +218,15 @@ class TrainBrief(_BriefBase):
     @field_validator("video")
     @classmethod
     def _video_key_is_safe(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or ".." in value.split("/")):
-            raise PydanticCustomError("invalid_key", "video key {key!r} must be a relative bucket key", {"key": value})
-        return value
+        return _relative_key(value, "video")
 
 
 Brief = Annotated[Union[RenderBrief, TrainBrief], Field(discriminator="kind")]
 _BRIEF_ADAPTER: TypeAdapter[RenderBrief | TrainBrief] = TypeAdapter(Brief)
 
 # pydantic error types that are ours (raised above) keep their name as the error code.
-_OWN_CODES = {"empty_prompt", "prompt_too_long", "unknown_preset", "invalid_steps", "invalid_dimensions", "invalid_key"}
+_OWN_CODES = {"empty_prompt", "prompt_too_long", "unknown_preset", "invalid_steps", "invalid_dimensions", "invalid_key",
+              "empty_script", "script_too_long", "conflicting_speech", "missing_avatar", "missing_field"}
 
 
 def brief_json_schema() -> dict[str, Any]:

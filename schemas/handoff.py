@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.plan import RenderPlan
+from schemas.plan import Plan
 
 
 class StageHandoff(BaseModel):
@@ -44,7 +44,7 @@ class RenderPrepared(StageHandoff):
 
     stage: ClassVar[str] = "prepare"
 
-    plan: RenderPlan
+    plan: Plan
 
 
 class AudioPrepared(BaseModel):
@@ -100,4 +100,4 @@ class TrainOutput(StageHandoff):
     avatar_key: str = Field(description="The trained avatar's manifest (an AvatarManifest) in the job's outputs.")
     weights_key: str = Field(description="The trained weights in the job's outputs (deploy copies them).")
     deployed: bool
-    preview: RenderPlan = Field(description="What the job's render stage renders with the new avatar.")
+    preview: Plan = Field(description="What the job's render stage renders with the new avatar.")

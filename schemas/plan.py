@@ -1,8 +1,16 @@
-"""The resolved render plan: what prepare (or a train job's preview) decides and render executes."""
+"""The resolved plans: what prepare (or a train job's preview) decides and render executes.
+
+`RenderPlan` renders a prompt with Mochi (with or without a Mochi LoRA avatar); `TalkingPlan` has a
+talking avatar speak prepared speech.
+"""
 
 from __future__ import annotations
 
+from typing import Union
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.speech import PreparedSpeech
 
 
 class RenderPlan(BaseModel):
@@ -28,3 +36,25 @@ class RenderPlan(BaseModel):
     backend: str | None = Field(default=None, description="The avatar's backend, which renders this plan.")
     weights_key: str | None = Field(default=None, description="The avatar's weights in the bucket.")
     random_weights: bool = Field(description="True for the tiny offline model: its output is noise.")
+
+
+class TalkingPlan(BaseModel):
+    """A talking avatar speaking: what prepare (or a train job's preview) decides and the avatar's backend renders.
+
+    The video lasts as long as the speech: `num_frames` = round(duration × fps), so the MP4's video and
+    audio streams end within one frame of each other."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    avatar: str
+    backend: str = Field(description="The avatar's backend, which renders this plan.")
+    avatar_key: str = Field(description="The avatar's manifest (AvatarManifest): deployed, or the train job's own "
+                            "for its preview. Its weights and assets are what the render uses.")
+    speech: PreparedSpeech
+    fps: int
+    num_frames: int
+    duration_s: float
+    seed: int
+
+
+Plan = Union[RenderPlan, TalkingPlan]  # told apart by their fields (both forbid unknown keys)

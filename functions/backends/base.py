@@ -5,6 +5,7 @@ A backend says four things:
 - `train`: the aligned dataset → weights and an `AvatarManifest` (the train stage deploys it);
 - `render`: a plan naming a deployed (or just trained) avatar → the job's video;
 - `preview`: the plan the train job's own render stage renders with the new avatar.
+A backend that `talks` gets `TalkingPlan`s (speech made ready by prepare) instead of prompts.
 
 The stages in functions/ do everything around it (reading the typed records of earlier
 stages, writing avatar.json, deploying, handing the preview on), so a backend is one module
@@ -19,13 +20,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.settings import Settings
+from core.avatars import avatar_prefix
 from core.stage import StageContext, StageResult
 from functions.presets import resolve_render_plan
+from functions.talking import PREVIEW_SENTENCE, prepare_speech, talking_plan
 from schemas.avatar import AvatarManifest
 from schemas.brief import RenderBrief, TrainBrief
+from schemas.errors import VideostudioError
 from schemas.handoff import AlignOutput
-from schemas.plan import RenderPlan
+from schemas.plan import Plan
 
 PREVIEW_FRAMES = 13
 PREVIEW_FPS = 12
@@ -64,29 +67,45 @@ class TrainedAvatar:
 class AvatarBackend(ABC):
     name: ClassVar[str]
     dataset: ClassVar[DatasetPolicy] = DatasetPolicy()
+    talks: ClassVar[bool] = False  # renders speech (TalkingPlan) rather than a prompt (RenderPlan)
 
     @abstractmethod
     def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:
         """Train on the aligned faces; write the weights as this stage's outputs."""
 
     @abstractmethod
-    def render(self, ctx: StageContext, *, plan: RenderPlan) -> StageResult:
-        """Render `plan` with the avatar it names (`plan.weights_key`); write the video as this stage's outputs."""
+    def render(self, ctx: StageContext, *, plan: Plan) -> StageResult:
+        """Render `plan` with the avatar it names; write the video as this stage's outputs."""
 
-    def plan_render(self, brief: RenderBrief, avatar: AvatarManifest, settings: Settings) -> RenderPlan:
-        """prepare of a render brief with `avatar:`: the plan `render` executes."""
-        return resolve_render_plan(brief, settings).model_copy(update={
+    def plan_render(self, ctx: StageContext, *, brief: RenderBrief, avatar: AvatarManifest) -> Plan:
+        """prepare of a render brief with `avatar:`: the plan `render` executes. A talking backend's plan
+        carries the speech, made ready here (so a bad script or recording fails the job in prepare)."""
+        if self.talks:
+            if not brief.talking:
+                raise VideostudioError("missing_speech", f"avatar {avatar.avatar_id!r} ({self.name}) speaks: give "
+                                       "script: (text) or audio: (a recording's bucket key)")
+            speech = prepare_speech(ctx, script=brief.script, audio_key=brief.audio, voice=brief.voice)
+            return talking_plan(self.name, avatar, avatar_key=avatar_prefix(avatar.avatar_id) + "manifest.json",
+                                speech=speech, seed=brief.seed)
+        if brief.talking:
+            raise VideostudioError("avatar_cannot_talk", f"avatar {avatar.avatar_id!r} ({self.name}) cannot speak a "
+                                   "script or a recording; train a talking avatar (backend: wav2lip) for that")
+        return resolve_render_plan(brief, ctx.settings).model_copy(update={
             "avatar": avatar.avatar_id, "avatar_strength": brief.avatar_strength, "backend": self.name,
             "weights_key": avatar.weights_key})
 
     def preview_prompt(self, brief: TrainBrief, avatar: AvatarManifest) -> str:
         return f"a video of {avatar.avatar_id} talking to the camera"
 
-    def preview(self, *, brief: TrainBrief, avatar: AvatarManifest, settings: Settings) -> RenderPlan:
-        """A short square clip of the new avatar, rendered by the train job's last stage."""
+    def preview(self, ctx: StageContext, *, brief: TrainBrief, avatar: AvatarManifest, avatar_key: str) -> Plan:
+        """What the train job's last stage renders with the new avatar (`avatar_key`: its manifest): a talking
+        avatar says PREVIEW_SENTENCE; another renders a short square clip of its preview prompt."""
+        if self.talks:
+            speech = prepare_speech(ctx, script=PREVIEW_SENTENCE, name="preview_speech.wav")
+            return talking_plan(self.name, avatar, avatar_key=avatar_key, speech=speech, seed=brief.seed)
         size = min(brief.resolution, PREVIEW_MAX_SIDE)
         preview = RenderBrief(prompt=self.preview_prompt(brief, avatar), preset="fast", model=avatar.base_model,
                               seed=brief.seed, steps=brief.preview_steps, fps=PREVIEW_FPS, width=size, height=size,
                               num_frames=PREVIEW_FRAMES, avatar=avatar.avatar_id)
-        return resolve_render_plan(preview, settings).model_copy(update={
+        return resolve_render_plan(preview, ctx.settings).model_copy(update={
             "avatar": avatar.avatar_id, "backend": self.name, "weights_key": avatar.weights_key})

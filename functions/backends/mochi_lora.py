@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.settings import Settings
 from core.stage import StageContext, StageResult
 from functions.backends.base import AvatarBackend, TrainedAvatar
 from functions.lora_dataset import Clip, build_clips, load_clip, load_face_records, longest_run, snap_down
@@ -200,8 +199,8 @@ class MochiLoraBackend(AvatarBackend):
                             test=encode(clips.test, (0.09, 0.1)), text=TextCondition(embeds=embeds, mask=mask))
 
     # -------------------------------------------------------------------------------- render
-    def plan_render(self, brief: RenderBrief, avatar: AvatarManifest, settings: Settings) -> RenderPlan:
-        plan = super().plan_render(brief, avatar, settings)
+    def plan_render(self, ctx: StageContext, *, brief: RenderBrief, avatar: AvatarManifest) -> RenderPlan:
+        plan = super().plan_render(ctx, brief=brief, avatar=avatar)
         if avatar.base_model != plan.model:
             raise VideostudioError("avatar_model_mismatch", f"avatar {avatar.avatar_id!r} was trained on "
                                    f"{avatar.base_model!r}; this brief renders with {plan.model!r}")
