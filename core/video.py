@@ -237,3 +237,23 @@ def sample_frames(path: Path, *, fps: float, size: tuple[int, int],
     width, height = size
     output = _sampled(path, fps).output("pipe:", format="rawvideo", pix_fmt="rgb24")
     yield from _read_frames(output, fps=fps, shape=(height, width, 3), keep=keep, prefetch=2)
+
+
+def mux_audio(video: Path, audio: Path, dest: Path, *, bitrate: str = "160k") -> Path:
+    """`video`'s H.264 stream (copied, not re-encoded) with `audio` encoded once to AAC, both from t = 0.
+
+    Neither stream is cut (no -shortest): the caller makes the video as long as the speech, to the frame.
+    ffmpeg writes AAC's encoder delay as an edit list, so the audio's first sample still plays at 0.
+    """
+    try:
+        (
+            ffmpeg.output(ffmpeg.input(str(video)).video, ffmpeg.input(str(audio)).audio, str(dest),
+                          vcodec="copy", acodec="aac", audio_bitrate=bitrate, movflags="+faststart")
+            .overwrite_output()
+            .global_args("-loglevel", "error", "-nostdin")
+            .run(capture_stdout=True, capture_stderr=True)
+        )
+    except ffmpeg.Error as exc:
+        detail = (exc.stderr or b"").decode(errors="replace").strip()[-500:]
+        raise VideostudioError("encode_failed", f"ffmpeg could not mux the speech into the video: {detail}") from None
+    return dest

@@ -53,7 +53,7 @@ def _encode_jpeg(rgb: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def _fetch_video(ctx: StageContext, prepared: DatasetPrepared) -> Path:
+def fetch_video(ctx: StageContext, prepared: DatasetPrepared) -> Path:
     """The video prepare judged, checked by its sha256: a replaced upload would give other frames."""
     video_key = prepared.video_key
     if ctx.storage.stat(video_key) is None:
@@ -83,7 +83,7 @@ class Detections:
 
 def _detect(ctx: StageContext, prepared: DatasetPrepared, kept: list[FrameRecord], template: np.ndarray) -> Detections:
     """Detect in time order (the tracker relies on it), and crop every face that aligns while its frame is here."""
-    local = _fetch_video(ctx, prepared)
+    local = fetch_video(ctx, prepared)
     position_of = {f.index: n for n, f in enumerate(kept)}
     clock = time.perf_counter()
     found = Detections([], {}, ctx.scratch / "crops", TrackingDetector(device=pick_device(ctx.settings.device)), 0.0)

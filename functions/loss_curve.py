@@ -30,3 +30,36 @@ def write_loss_curve(history: dict[str, list], steps_per_epoch: int, path: Path,
     figure.savefig(path, format="png")
     plt.close(figure)
     return path
+
+
+def write_talking_loss_curves(expert: dict[str, list], generator: dict[str, list], path: Path, *, title: str) -> Path:
+    """Wav2Lip's two loops side by side: the expert's BCE and accuracy, the generator's L1 and sync loss
+    (per step, thin; per-epoch validation, markers)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+
+    def panel(axis, history: dict[str, list], lines: list[tuple[str, str, str]], ylabel: str, what: str) -> None:
+        for key, label, style in lines:
+            values = [(n + 1, v) for n, v in enumerate(history.get(key, [])) if v is not None]
+            if values:
+                xs, ys = zip(*values)
+                if key.startswith("val_"):  # per epoch: place at the epoch's last step
+                    per_epoch = max(1, len(history.get("step_loss", [])) // max(1, len(history.get(key, []))))
+                    xs = [x * per_epoch for x in xs]
+                axis.plot(xs, ys, style, label=label, linewidth=1)
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(ylabel)
+        axis.set_title(what)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend()
+
+    panel(left, expert, [("step_loss", "train BCE (step)", "-"), ("val_loss", "validation BCE", "s-"),
+                         ("val_accuracy", "validation accuracy", "o-")], "BCE / accuracy", "lip-sync expert")
+    panel(right, generator, [("step_l1", "train L1 (step)", "-"), ("step_sync", "train sync loss (step)", "-"),
+                             ("val_l1", "validation L1", "s-"), ("val_sync", "validation sync loss", "o-")],
+          "loss", "generator")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+    return path

@@ -183,6 +183,29 @@ class RenderBrief(_BriefBase):
         return value
 
 
+class Wav2LipOptions(BaseModel):
+    """`backend: wav2lip` only: how its two networks are built and trained (the brief's epochs, batch_size,
+    grad_accumulation, mixed_precision, checkpoint_every and max_steps apply to both loops)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: float = Field(default=1.0, ge=0.0625, le=1.0, description=(
+        "Channel width of both networks: 1.0 is the public layout (36 M generator parameters); smaller widths "
+        "train from scratch on a CPU."))
+    base_weights: str | None = Field(default=None, description=(
+        "A generator checkpoint to fine-tune (wav2lip.pth / wav2lip_gan.pth: a local path or 'owner/repo:file.pth' "
+        "on the hub), loaded strictly; needs width 1.0. The public checkpoints are for non-commercial use only."))
+    expert_weights: str | None = Field(default=None, description=(
+        "A lip-sync expert checkpoint (lipsync_expert.pth) used as is; without one the expert trains first on the "
+        "person's own footage."))
+    learning_rate: float = Field(default=1e-4, gt=0, le=1, description="Adam's, for both networks (the paper's).")
+    expert_epochs: int | None = Field(default=None, ge=1, le=1000, description="Epochs of the expert (default: epochs).")
+    expert_max_steps: int | None = Field(default=None, ge=1, description="Stop the expert after this many steps.")
+    gan: bool = Field(default=False, description="Add the visual-quality discriminator's GAN loss (weight 0.07).")
+    freeze_batchnorm: bool = Field(default=False, description=(
+        "BatchNorm on running statistics (fine-tuning public checkpoints on little data)."))
+
+
 class TrainBrief(_BriefBase):
     """A custom-avatar request: a video of one person becomes a LoRA."""
 
@@ -194,7 +217,8 @@ class TrainBrief(_BriefBase):
     )
     extract_fps: float = Field(default=25, gt=0, le=60)
     backend: str = Field(default=DEFAULT_BACKEND, pattern=ID_PATTERN, description=(
-        "The avatar backend that trains and renders the avatar (functions/backends): mochi-lora. "
+        "The avatar backend that trains and renders the avatar (functions/backends): mochi-lora (a Mochi identity "
+        "LoRA; renders prompts) or wav2lip (a talking avatar; speaks scripts and recordings). "
         "An unknown one fails the job with `unknown_backend`."))
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=4, ge=1, le=256)
@@ -214,6 +238,7 @@ class TrainBrief(_BriefBase):
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
     deploy: bool = Field(default=True, description="Deploy the avatar when training succeeds.")
     preview_steps: int = Field(default=30, ge=2, le=500, description="Denoising steps of the preview render.")
+    wav2lip: Wav2LipOptions = Field(default_factory=Wav2LipOptions, description="backend: wav2lip's options.")
 
     @field_validator("video")
     @classmethod

@@ -5,27 +5,33 @@ Every verb takes `--bucket` (a folder; default `./bucket`, or VIDEOSTUDIO_BUCKET
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import mimetypes
 import multiprocessing
 import signal
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from core.jobs import manifest_key
-from core.runner import Runner
+from core.runner import INBOX, Runner
 from core.settings import DEFAULT_BUCKET, Settings
-from core.storage import LocalStorage
-from schemas.brief import brief_json_schema
+from core.storage import LocalStorage, ObjectInfo
+from schemas.brief import brief_json_schema, parse_brief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest, JobStatus
@@ -187,9 +193,18 @@ def submit(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, rea
 
 
 def _submit_file(runner: Runner, file: Path) -> tuple[str, bool]:
-    key = f"inbox/{file.name}"
+    key = f"{INBOX}{file.name}"
+    return _submit_input(runner, key, lambda: runner.storage.put_file(key, file))
+
+
+def _submit_bytes(runner: Runner, key: str, data: bytes, *, content_type: str) -> tuple[str, bool]:
+    """A brief built here, written to `key` in inbox/ and queued as `submit` queues a file."""
+    return _submit_input(runner, key, lambda: runner.storage.put_bytes(key, data, content_type=content_type))
+
+
+def _submit_input(runner: Runner, key: str, write: Callable[[], ObjectInfo]) -> tuple[str, bool]:
     try:
-        info = runner.storage.put_file(key, file)
+        info = write()
         return runner.submit(StorageEvent(bucket=runner.storage.name, key=key, size=info.size, etag=info.etag,
                                           source="cli"))
     except VideostudioError as exc:
@@ -208,6 +223,17 @@ def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readab
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Submit FILE and process its job here to completion. Exit 0 only if it succeeded."""
     _setup_logging(verbose)
+    with _progress_runner(bucket) as (runner, progress):
+        job_id, created = _submit_file(runner, file)
+        progress.console.print(f"job {job_id} ({'new' if created else 'existing'})")
+        manifest = _drive(runner, job_id)
+    _print_summary(runner, manifest)
+    raise typer.Exit(0 if manifest.status == JobStatus.succeeded else 1)
+
+
+@contextmanager
+def _progress_runner(bucket: str) -> Iterator[tuple[Runner, Progress]]:
+    """A runner whose events draw a progress bar per stage (retries, webhooks and the end printed as lines)."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   TimeElapsedColumn(), console=console) as progress:
         tasks: dict[str, TaskID] = {}
@@ -224,12 +250,12 @@ def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readab
             elif event in ("stage.retry", "webhook.attempt", "job.finished"):
                 _print_event(event, data)
 
-        runner = _runner(bucket, on_event=on_event)
-        job_id, created = _submit_file(runner, file)
-        progress.console.print(f"job {job_id} ({'new' if created else 'existing'})")
-        manifest = _drive(runner, job_id)
-    _print_summary(runner, manifest)
-    raise typer.Exit(0 if manifest.status == JobStatus.succeeded else 1)
+        try:
+            runner = _runner(bucket, on_event=on_event)
+        except VideostudioError as exc:
+            progress.stop()
+            _fail(exc)
+        yield runner, progress
 
 
 def _drive(runner: Runner, job_id: str) -> JobManifest:
@@ -259,6 +285,95 @@ def _print_summary(runner: Runner, manifest: JobManifest) -> None:
         console.print(f"{name}: {where}")
     for warning in manifest.warnings:
         console.print(f"[yellow]note[/yellow]: {warning}")
+
+
+# -- say: a talking avatar speaks a text (or a recording), driven here like `run`
+@app.command()
+def say(avatar: Annotated[str, typer.Argument(help="A deployed talking avatar.")],
+        text: Annotated[Optional[str], typer.Argument(help="What it says (or give --audio).")] = None,
+        voice: Annotated[Optional[str], typer.Option(
+            "--voice", help="Piper voice id or a local .onnx path that speaks TEXT (default: the bundled voice).")] = None,
+        audio: Annotated[Optional[Path], typer.Option(
+            "--audio", exists=True, dir_okay=False, readable=True,
+            help="A recording it says instead of TEXT (wav, mp3, m4a, ogg, flac); uploaded into the bucket.")] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Same brief + seed → same video.")] = None,
+        output: Annotated[Optional[Path], typer.Option(
+            "--output", "-o", dir_okay=False, help="Copy the MP4 here too.")] = None,
+        bucket: BucketOpt = DEFAULT_BUCKET,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Make AVATAR say TEXT (or --audio FILE) and wait for the MP4. Exit 0 only if it succeeded; the last
+    line is the MP4's path (its key on an s3:// bucket, or --output)."""
+    _setup_logging(verbose)
+    upload = _speech_upload(avatar, audio) if audio is not None else None
+    brief = _say_brief(avatar, text, audio_key=upload[0] if upload else None, voice=voice, seed=seed)
+    with _progress_runner(bucket) as (runner, progress):
+        if upload is not None:
+            _upload_recording(runner, *upload)
+            progress.console.print(f"recording: {upload[0]}")
+        job_id, _ = _submit_bytes(runner, f"{INBOX}say-{avatar}-{uuid.uuid4().hex[:12]}.yaml", brief,
+                                  content_type="application/yaml")
+        progress.console.print(f"job {job_id}")
+        manifest = _drive(runner, job_id)
+    _print_summary(runner, manifest)
+    if manifest.status != JobStatus.succeeded:
+        raise typer.Exit(1)
+    print(_deliver_video(runner, manifest, output))
+
+
+def _say_brief(avatar: str, text: str | None, *, audio_key: str | None, voice: str | None,
+               seed: int | None) -> bytes:
+    """The brief `say` submits, validated here as prepare will validate it (a bad one fails before any upload)."""
+    if (text is None) == (audio_key is None):
+        _fail(VideostudioError("conflicting_speech" if text is not None else "missing_speech",
+                               "give TEXT or --audio FILE, not both" if text is not None else
+                               "say what? give TEXT or --audio FILE"))
+    document: dict[str, Any] = {"avatar": avatar}
+    document.update({"script": text} if text is not None else {"audio": audio_key})
+    document.update({name: value for name, value in (("voice", voice), ("seed", seed)) if value is not None})
+    data = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
+    try:
+        parse_brief(data, "say.yaml")
+    except VideostudioError as exc:
+        _fail(exc)
+    return data
+
+
+def _speech_upload(avatar: str, path: Path) -> tuple[str, Path]:
+    """Where the recording at `path` goes in the bucket: the key POST /briefs/speech gives the same upload."""
+    from triggers.api.params import AUDIO_SUFFIXES, speech_upload_key, upload_filename
+
+    try:
+        filename = upload_filename(path.name, AUDIO_SUFFIXES, kind="audio")
+    except VideostudioError as exc:
+        _fail(exc)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return speech_upload_key(avatar, filename, digest.hexdigest()), path
+
+
+def _upload_recording(runner: Runner, key: str, path: Path) -> None:
+    if runner.storage.stat(key) is not None:
+        return  # named by its content: the same recording is there already
+    try:
+        runner.storage.put_file(key, path, content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+    except VideostudioError as exc:
+        _fail(exc)
+
+
+def _deliver_video(runner: Runner, manifest: JobManifest, output: Path | None) -> str:
+    """Where the job's MP4 is for the caller: copied to `output`, else its file (folder bucket) or key."""
+    key = manifest.outputs.get("video")
+    if key is None:
+        _fail(VideostudioError("no_video", f"job {manifest.job_id} succeeded without a video output"))
+    if output is not None:
+        try:
+            return str(runner.storage.download(key, output))
+        except (OSError, VideostudioError) as exc:
+            _fail(exc if isinstance(exc, VideostudioError) else VideostudioError("output_not_written", str(exc)))
+    storage = runner.storage
+    return str(storage.path(key)) if isinstance(storage, LocalStorage) else key
 
 
 def _load_or_exit(runner: Runner, job_id: str) -> JobManifest:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functions.backends.base import AvatarBackend, DatasetPolicy, TrainedAvatar
 from functions.backends.mochi_lora import MochiLoraBackend
+from functions.backends.wav2lip import Wav2LipBackend
 from schemas.errors import VideostudioError
 
 BACKENDS: dict[str, AvatarBackend] = {}
@@ -32,5 +33,6 @@ def get_backend(name: str) -> AvatarBackend:
 
 
 register(MochiLoraBackend())
+register(Wav2LipBackend())
 
 __all__ = ["AvatarBackend", "BACKENDS", "DatasetPolicy", "TrainedAvatar", "get_backend", "register", "unregister"]

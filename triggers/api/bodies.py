@@ -1,7 +1,9 @@
-"""Request bodies: their media type, and reading one whole within a byte limit (declared or streamed)."""
+"""Request bodies: their media type, reading one whole within a byte limit (declared or streamed), and briefs in
+and out of bytes."""
 
 from __future__ import annotations
 
+import yaml
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
@@ -55,3 +57,8 @@ def parse_brief_body(data: bytes, filename: str) -> RenderBrief | TrainBrief:
         return parse_brief(data, filename)
     except VideostudioError as exc:
         raise HttpError(413 if exc.code == "brief_too_large" else 422, exc.code, exc.message) from None
+
+
+def brief_yaml(brief: RenderBrief | TrainBrief) -> bytes:
+    """A brief a route built, as written to inbox/: what the client set, typed (form fields arrive as strings)."""
+    return yaml.safe_dump(brief.model_dump(mode="json", exclude_unset=True), sort_keys=False).encode()

@@ -1,4 +1,8 @@
-"""POST /briefs: a brief (JSON or YAML) written to inbox/ and submitted as a job at once."""
+"""POST /briefs: a brief (JSON or YAML) written to inbox/ and submitted as a job at once.
+
+`submit_brief_bytes` is that submission, shared with the routes that build a brief themselves
+(POST /briefs/speech): parse, check what it refers to, write it to inbox/, create the job.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from triggers.api.auth import bearer_router
 from triggers.api.bodies import JSON_TYPES, MAX_JSON_BYTES, YAML_TYPES, media_type, parse_brief_body, read_body
 from triggers.api.errors import INPUT_ERROR_RESPONSES, HttpError
 from triggers.api.params import NameQuery, sanitise_name
-from triggers.api.service import Service
+from triggers.api.service import JobsService, Service
 
 router = bearer_router()
 
@@ -38,6 +42,13 @@ async def post_brief(request: Request, response: Response, service: Service, nam
                         f"send a brief as application/json or application/yaml, not {media or 'no content type'}")
     stem = sanitise_name(name) if name is not None else uuid.uuid4().hex
     body = await read_body(request, MAX_JSON_BYTES)
+    return await submit_brief_bytes(service, response, stem=stem, suffix=suffix, body=body)
+
+
+async def submit_brief_bytes(service: JobsService, response: Response, *, stem: str, suffix: str,
+                             body: bytes) -> SubmittedJob:
+    """Submit a brief's bytes as `inbox/<stem><suffix>`: 201 for a new job, 200 when the same brief was already
+    submitted under this name."""
     brief = parse_brief_body(body, f"brief{suffix}")
     await run_in_threadpool(service.check_brief_refs, brief)
     job = await run_in_threadpool(service.submit_brief, stem, suffix, body,

@@ -1,4 +1,5 @@
-"""Ids and names that come in paths and queries: checked to be one safe path segment, or sanitised into one."""
+"""Ids and names that come in paths and queries: checked to be one safe path segment, or sanitised into one;
+and the names uploads get in the bucket."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from schemas.api import PATH_ID_PATTERN
 from triggers.api.errors import HttpError, short
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")  # what the prepare stage accepts
+AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".ogg", ".flac")  # recordings a talking brief's `audio:` names
 BRIEF_SUFFIXES = (".yaml", ".yml", ".json")
+UPLOADS_PREFIX = "uploads/"
 
 PATH_ID = re.compile(PATH_ID_PATTERN)
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -51,3 +54,21 @@ def sanitise_name(name: str) -> str:
     if not stem or not PATH_ID.fullmatch(stem):
         raise HttpError(400, "invalid_name", f"name {short(name)} has no usable characters")
     return stem
+
+
+def upload_filename(raw: str | None, suffixes: tuple[str, ...], *, kind: str) -> str:
+    """An uploaded file's name, made one safe segment; refused (415 `unsupported_<kind>`) unless it ends in one of
+    `suffixes`."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or f".{suffix.lower()}" not in suffixes:
+        raise HttpError(415, f"unsupported_{kind}", f"upload a {'/'.join(suffixes)} {kind} file, got {short(name)}")
+    stem = UNSAFE_NAME_CHARS.sub("-", stem).strip("._-")[:100] or kind
+    return f"{stem}.{suffix.lower()}"
+
+
+def speech_upload_key(avatar: str, filename: str, sha256: str) -> str:
+    """Where a recording for `avatar` is kept: named by its content too, so a new take under an old name never
+    collides with the old one, and the same take uploaded again is the same object."""
+    stem, _, suffix = filename.rpartition(".")
+    return f"{UPLOADS_PREFIX}{avatar}/speech/{stem}-{sha256[:12]}.{suffix}"

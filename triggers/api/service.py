@@ -44,8 +44,37 @@ class JobsService:
                 get_backend(brief.backend)
             except VideostudioError as exc:
                 raise HttpError(422, exc.code, exc.message) from None
-        elif brief.avatar and self.avatars.get(brief.avatar) is None:
+        else:
+            self.check_render_avatar(brief)
+            if brief.audio is not None:
+                self.check_audio_key(brief.audio)
+
+    def check_render_avatar(self, brief: RenderBrief) -> None:
+        """The avatar a render brief names is deployed, and speaks if (and only if) the brief gives it speech."""
+        if brief.avatar is None:
+            return
+        avatar = self.avatars.get(brief.avatar)
+        if avatar is None:
             raise HttpError(422, "avatar_not_found", f"no deployed avatar {brief.avatar!r}")
+        try:
+            backend = get_backend(avatar.backend)
+        except VideostudioError as exc:
+            raise HttpError(422, exc.code, exc.message) from None
+        # The same refusals as the backend's plan_render in prepare, while the client is still here.
+        if brief.talking and not backend.talks:
+            raise HttpError(422, "avatar_cannot_talk", f"avatar {avatar.avatar_id!r} ({backend.name}) cannot speak a "
+                            "script or a recording; train a talking avatar (backend: wav2lip) for that")
+        if backend.talks and not brief.talking:
+            raise HttpError(422, "missing_speech", f"avatar {avatar.avatar_id!r} ({backend.name}) speaks: give "
+                            "script: (text) or audio: (a recording's bucket key)")
+
+    def check_audio_key(self, key: str) -> None:
+        try:
+            validate_key(key)
+        except VideostudioError as exc:
+            raise HttpError(422, "invalid_audio_key", exc.message) from None
+        if self.storage.stat(key) is None:
+            raise HttpError(422, "audio_not_found", f"no recording at {key!r} in the bucket")
 
     def check_video_key(self, key: str) -> None:
         try:
@@ -79,8 +108,8 @@ class JobsService:
         info = self.storage.stat(key)
         if info is not None:
             if info.size == form.size and self.storage.content_hash(key) == form.sha256:
-                return  # the same video again: keep it
-            raise HttpError(409, "upload_exists", f"{key!r} already holds a different video; rename the file")
+                return  # the same file again: keep it
+            raise HttpError(409, "upload_exists", f"{key!r} already holds a different file; rename the file")
         assert form.file_path is not None
         self.storage.put_file(key, form.file_path, content_type=form.content_type or "application/octet-stream")
 

@@ -6,20 +6,17 @@ import hashlib
 import json
 from typing import Any
 
-import yaml
 from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from schemas.api import PATH_ID_PATTERN, SubmittedJob
 from schemas.brief import TrainBrief
 from triggers.api.auth import bearer_router
-from triggers.api.bodies import JSON_TYPES, MAX_JSON_BYTES, media_type, parse_brief_body, read_body
-from triggers.api.errors import INPUT_ERROR_RESPONSES, HttpError, short
-from triggers.api.params import UNSAFE_NAME_CHARS, VIDEO_SUFFIXES, NameQuery, sanitise_name
+from triggers.api.bodies import JSON_TYPES, MAX_JSON_BYTES, brief_yaml, media_type, parse_brief_body, read_body
+from triggers.api.errors import INPUT_ERROR_RESPONSES, HttpError
+from triggers.api.params import UPLOADS_PREFIX, VIDEO_SUFFIXES, NameQuery, sanitise_name, upload_filename
 from triggers.api.service import JobsService, Service
-from triggers.api.uploads import UPLOAD_FIELD, UploadedForm, read_multipart
-
-UPLOADS_PREFIX = "uploads/"
+from triggers.api.uploads import UPLOAD_FIELD, UploadedForm, form_document, read_multipart
 
 router = bearer_router()
 
@@ -55,7 +52,7 @@ async def post_train(request: Request, response: Response, service: Service, nam
     else:
         raise HttpError(415, "unsupported_media_type",
                         f"send multipart/form-data (an upload) or application/json, not {media or 'no content type'}")
-    brief_bytes = _train_brief_bytes(brief)
+    brief_bytes = brief_yaml(brief)
     stem = sanitise_name(name) if name is not None else (
         f"train-{brief.avatar}-{hashlib.sha256(brief_bytes).hexdigest()[:12]}")
     job = await run_in_threadpool(service.submit_brief, stem, ".yaml", brief_bytes, kind="train", video_key=brief.video)
@@ -71,8 +68,8 @@ async def _brief_from_upload(request: Request, service: JobsService) -> TrainBri
             raise HttpError(422, "missing_video", f"the multipart body has no {UPLOAD_FIELD!r} file")
         if UPLOAD_FIELD in form.fields:
             raise HttpError(422, "invalid_multipart", f"{UPLOAD_FIELD!r} is the uploaded file, not a text field")
-        filename = _upload_filename(form.filename)
-        document = _train_document(_form_document(form))
+        filename = upload_filename(form.filename, VIDEO_SUFFIXES, kind="video")
+        document = _train_document(form_document(form))
         # Validate every field before keeping the upload (the avatar id names its folder).
         avatar = _train_brief({**document, "video": f"{UPLOADS_PREFIX}{filename}"}).avatar
         brief = _train_brief({**document, "video": f"{UPLOADS_PREFIX}{avatar}/{filename}"})
@@ -110,30 +107,3 @@ def _train_brief(document: dict[str, Any]) -> TrainBrief:
     assert isinstance(brief, TrainBrief)
     return brief
 
-
-def _train_brief_bytes(brief: TrainBrief) -> bytes:
-    """The brief as written to inbox/: what the client set, typed (form fields arrive as strings)."""
-    return yaml.safe_dump(brief.model_dump(mode="json", exclude_unset=True), sort_keys=False).encode()
-
-
-def _upload_filename(raw: str | None) -> str:
-    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or f".{suffix.lower()}" not in VIDEO_SUFFIXES:
-        raise HttpError(415, "unsupported_video", f"upload a {'/'.join(VIDEO_SUFFIXES)} video, got {short(name)}")
-    stem = UNSAFE_NAME_CHARS.sub("-", stem).strip("._-")[:100] or "video"
-    return f"{stem}.{suffix.lower()}"
-
-
-def _form_document(form: UploadedForm) -> dict[str, Any]:
-    """Text fields become train-brief fields; `webhook` is JSON."""
-    document: dict[str, Any] = {}
-    for name, value in form.fields.items():
-        if name == "webhook":
-            try:
-                document[name] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise HttpError(422, "invalid_json", f"webhook: not valid JSON: {exc.msg}") from None
-        elif value != "" or name == "avatar":
-            document[name] = value
-    return document

@@ -1,21 +1,23 @@
-"""Multipart uploads (POST /train): text fields kept in memory, the one video streamed to a hashed temp file.
+"""Multipart uploads (POST /train, POST /briefs/speech): text fields kept in memory, the one file (a video, a
+recording) streamed to a hashed temp file.
 
 streaming-form-data parses the body; this module adds what it leaves to its caller: the limits
-(video bytes, number and size of text fields, the bytes around the video), one temp file that is
+(file bytes, number and size of text fields, the bytes around the file), one temp file that is
 hashed as it is written and removed on any error, and the checks that every part had a name and
-that the body really ended with its closing boundary. A large video never sits in memory, and its
-size limit is enforced as it arrives.
+that the body really ended with its closing boundary. A large file never sits in memory, and its
+size limit is enforced as it arrives. `form_document` turns the text fields into brief fields.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from email.errors import MessageError
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,10 +29,10 @@ from streaming_form_data.targets import BaseTarget
 from triggers.api.bodies import declared_length, too_large
 from triggers.api.errors import HttpError
 
-UPLOAD_FIELD = "video"                    # the multipart file field of POST /train
+UPLOAD_FIELD = "video"                    # the multipart file field of POST /train (the default)
 MAX_FORM_FIELDS = 64
 MAX_FORM_FIELD_BYTES = 64 * 1024
-FORM_OVERHEAD_BYTES = 1024 * 1024         # headers and text fields around the video in a multipart body
+FORM_OVERHEAD_BYTES = 1024 * 1024         # headers and text fields around the file in a multipart body
 FEED_BYTES = 64 * 1024                    # the parser gets the body in pieces at least this large (see _Framer)
 
 # What the parser raises on a malformed body: its own error, undecodable part headers (UnicodeDecodeError
@@ -61,16 +63,17 @@ class UploadedForm:
 class _Parts(BaseTarget):
     """The one target every part goes to, whatever its name.
 
-    streaming-form-data routes parts to targets registered by name, but the train form takes any
-    train-brief field; so this target is registered for every name, and learns each part's name
+    streaming-form-data routes parts to targets registered by name, but the upload forms take any
+    brief field; so this target is registered for every name, and learns each part's name
     from the parser's `matches` hook, which it calls just before the part starts. The parser
     calls `on_start`/`on_data_received`/`on_finish` synchronously from inside `data_received`.
     """
 
-    def __init__(self, form: UploadedForm, *, max_file_bytes: int) -> None:
+    def __init__(self, form: UploadedForm, *, max_file_bytes: int, file_field: str) -> None:
         super().__init__()
         self.form = form
         self.max_file_bytes = max_file_bytes
+        self.file_field = file_field
         self.started = 0
         self.finished = 0
         self.quiet_bytes = 0                  # fed to the parser since it last called this target
@@ -93,10 +96,10 @@ class _Parts(BaseTarget):
             if len(self.form.fields) >= MAX_FORM_FIELDS:
                 raise _invalid(f"more than {MAX_FORM_FIELDS} form fields")
             return
-        if self._name != UPLOAD_FIELD:
-            raise _invalid(f"the file goes in the {UPLOAD_FIELD!r} field, not {self._name!r}")
+        if self._name != self.file_field:
+            raise _invalid(f"the file goes in the {self.file_field!r} field, not {self._name!r}")
         if self.form.file_path is not None:
-            raise _invalid("send one video per request")
+            raise _invalid(f"send one {self.file_field} file per request")
         self.form.filename = self.multipart_filename
         fd, path = tempfile.mkstemp(prefix="videostudio-upload-", suffix=".part")
         self.form.file_path = Path(path)
@@ -114,7 +117,7 @@ class _Parts(BaseTarget):
             self.form.size += len(chunk)
             if self.form.size > self.max_file_bytes:
                 raise HttpError(413, "payload_too_large",
-                                f"the video is over the upload limit of {self.max_file_bytes} bytes")
+                                f"the {self.file_field} is over the upload limit of {self.max_file_bytes} bytes")
             self._digest.update(chunk)
             assert self._handle is not None
             self._handle.write(chunk)
@@ -195,16 +198,16 @@ class _Framer:
 class _FormStream:
     """One multipart body on its way in: the framer, the parser and the target, and the checks between them."""
 
-    def __init__(self, content_type: str, *, max_file_bytes: int) -> None:
+    def __init__(self, content_type: str, *, max_file_bytes: int, file_field: str) -> None:
         try:
             boundary = parse_content_boundary({"Content-Type": content_type})
         except ParseFailedException:
             raise _invalid("multipart/form-data without a boundary") from None
         self.form = UploadedForm()
         self._framer = _Framer(boundary)
-        self._parts = _Parts(self.form, max_file_bytes=max_file_bytes)
+        self._parts = _Parts(self.form, max_file_bytes=max_file_bytes, file_field=file_field)
         self._parser = StreamingFormDataParser({"Content-Type": content_type})
-        self._parser.register(UPLOAD_FIELD, self._parts, self._parts.matches)
+        self._parser.register(file_field, self._parts, self._parts.matches)
 
     def frame(self, chunk: bytes) -> bytes | None:
         return self._framer.frame(chunk)
@@ -243,12 +246,14 @@ class _FormStream:
             raise _invalid("every part needs `Content-Disposition: form-data; name=...`")
 
 
-async def read_multipart(request: Request, *, max_file_bytes: int) -> UploadedForm:
-    stream = _FormStream(request.headers.get("content-type", ""), max_file_bytes=max_file_bytes)
+async def read_multipart(request: Request, *, max_file_bytes: int, file_field: str = UPLOAD_FIELD) -> UploadedForm:
+    """The body's text fields, and its one file (sent in the `file_field` part) in a temp file."""
+    stream = _FormStream(request.headers.get("content-type", ""), max_file_bytes=max_file_bytes,
+                         file_field=file_field)
     limit = max_file_bytes + FORM_OVERHEAD_BYTES
     declared = declared_length(request)
     if declared is not None and declared > limit:
-        raise HttpError(413, "payload_too_large", f"the video is over the upload limit of {max_file_bytes} bytes")
+        raise HttpError(413, "payload_too_large", f"the {file_field} is over the upload limit of {max_file_bytes} bytes")
     received = 0
     try:
         async for chunk in request.stream():
@@ -265,3 +270,18 @@ async def read_multipart(request: Request, *, max_file_bytes: int) -> UploadedFo
     except BaseException:
         stream.abort()
         raise
+
+
+def form_document(form: UploadedForm, *, keep_empty: tuple[str, ...] = ("avatar",)) -> dict[str, Any]:
+    """Text fields become brief fields; `webhook` is JSON. An empty field is left out (an HTML form sends every
+    input), except those in `keep_empty`, which the brief then refuses by name."""
+    document: dict[str, Any] = {}
+    for name, value in form.fields.items():
+        if name == "webhook":
+            try:
+                document[name] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise HttpError(422, "invalid_json", f"webhook: not valid JSON: {exc.msg}") from None
+        elif value != "" or name in keep_empty:
+            document[name] = value
+    return document
