@@ -17,8 +17,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 import yaml
@@ -58,7 +59,7 @@ def _runner(bucket: str, **kwargs: Any) -> Runner:
     return open_runner(_settings(bucket), **kwargs)
 
 
-def _fail(exc: VideostudioError) -> None:
+def _fail(exc: VideostudioError) -> NoReturn:
     err.print(f"[red]error[/red] {exc.code}: {exc.message}")
     raise typer.Exit(2)
 
@@ -292,7 +293,7 @@ def _print_summary(runner: Runner, manifest: JobManifest) -> None:
 def say(avatar: Annotated[str, typer.Argument(help="A deployed talking avatar.")],
         text: Annotated[Optional[str], typer.Argument(help="What it says (or give --audio).")] = None,
         voice: Annotated[Optional[str], typer.Option(
-            "--voice", help="Piper voice id or a local .onnx path that speaks TEXT (default: the bundled voice).")] = None,
+            "--voice", help="Piper voice id or local .onnx path that speaks TEXT (default: the bundled one).")] = None,
         audio: Annotated[Optional[Path], typer.Option(
             "--audio", exists=True, dir_okay=False, readable=True,
             help="A recording it says instead of TEXT (wav, mp3, m4a, ogg, flac); uploaded into the bucket.")] = None,
@@ -304,43 +305,39 @@ def say(avatar: Annotated[str, typer.Argument(help="A deployed talking avatar.")
     """Make AVATAR say TEXT (or --audio FILE) and wait for the MP4. Exit 0 only if it succeeded; the last
     line is the MP4's path (its key on an s3:// bucket, or --output)."""
     _setup_logging(verbose)
-    upload = _speech_upload(avatar, audio) if audio is not None else None
-    brief = _say_brief(avatar, text, audio_key=upload[0] if upload else None, voice=voice, seed=seed)
+    recording = _recording(audio) if audio is not None else None
+    brief, audio_key = _say_brief(avatar, text, recording=recording, voice=voice, seed=seed)
     with _progress_runner(bucket) as (runner, progress):
-        if upload is not None:
-            _upload_recording(runner, *upload)
-            progress.console.print(f"recording: {upload[0]}")
-        job_id, _ = _submit_bytes(runner, f"{INBOX}say-{avatar}-{uuid.uuid4().hex[:12]}.yaml", brief,
+        if recording is not None and audio_key is not None:
+            _upload_recording(runner, audio_key, recording.path)
+            progress.console.print(f"recording: {audio_key}")
+        job_id, _ = _submit_bytes(runner, f"{INBOX}say-{avatar}-{uuid.uuid4().hex[:8]}.yaml", brief,
                                   content_type="application/yaml")
         progress.console.print(f"job {job_id}")
         manifest = _drive(runner, job_id)
     _print_summary(runner, manifest)
     if manifest.status != JobStatus.succeeded:
         raise typer.Exit(1)
-    print(_deliver_video(runner, manifest, output))
+    print(_deliver_video(runner, manifest, output))  # plain print: a long path must not wrap
 
 
-def _say_brief(avatar: str, text: str | None, *, audio_key: str | None, voice: str | None,
-               seed: int | None) -> bytes:
-    """The brief `say` submits, validated here as prepare will validate it (a bad one fails before any upload)."""
-    if (text is None) == (audio_key is None):
-        _fail(VideostudioError("conflicting_speech" if text is not None else "missing_speech",
-                               "give TEXT or --audio FILE, not both" if text is not None else
-                               "say what? give TEXT or --audio FILE"))
-    document: dict[str, Any] = {"avatar": avatar}
-    document.update({"script": text} if text is not None else {"audio": audio_key})
-    document.update({name: value for name, value in (("voice", voice), ("seed", seed)) if value is not None})
-    data = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
-    try:
-        parse_brief(data, "say.yaml")
-    except VideostudioError as exc:
-        _fail(exc)
-    return data
+@dataclass(frozen=True)
+class _Recording:
+    """A local recording for `say --audio`: its file, its name as uploaded, its sha256."""
+
+    path: Path
+    filename: str
+    sha256: str
+
+    def key(self, avatar: str) -> str:
+        """The key POST /briefs/speech gives the same upload."""
+        from triggers.api.params import speech_upload_key
+
+        return speech_upload_key(avatar, self.filename, self.sha256)
 
 
-def _speech_upload(avatar: str, path: Path) -> tuple[str, Path]:
-    """Where the recording at `path` goes in the bucket: the key POST /briefs/speech gives the same upload."""
-    from triggers.api.params import AUDIO_SUFFIXES, speech_upload_key, upload_filename
+def _recording(path: Path) -> _Recording:
+    from triggers.api.params import AUDIO_SUFFIXES, upload_filename
 
     try:
         filename = upload_filename(path.name, AUDIO_SUFFIXES, kind="audio")
@@ -350,14 +347,44 @@ def _speech_upload(avatar: str, path: Path) -> tuple[str, Path]:
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return speech_upload_key(avatar, filename, digest.hexdigest()), path
+    return _Recording(path, filename, digest.hexdigest())
+
+
+def _say_brief(avatar: str, text: str | None, *, recording: _Recording | None, voice: str | None,
+               seed: int | None) -> tuple[bytes, str | None]:
+    """The brief `say` submits and the recording's key, validated as prepare will validate them: a bad brief
+    fails here, before anything is uploaded or queued."""
+    if text is not None and recording is not None:
+        _fail(VideostudioError("conflicting_speech", "give TEXT or --audio FILE, not both"))
+    if text is None and recording is None:
+        _fail(VideostudioError("missing_speech", "say what? give TEXT or --audio FILE"))
+    document: dict[str, Any] = {"avatar": avatar}
+    if recording is not None:
+        # A provisional key first: the avatar id, validated with the rest, names the real key's folder.
+        document["audio"] = f"uploads/{recording.filename}"
+        _validated(document)
+        document["audio"] = recording.key(avatar)
+    else:
+        document["script"] = text
+    document.update({name: value for name, value in (("voice", voice), ("seed", seed)) if value is not None})
+    return _validated(document), document.get("audio")
+
+
+def _validated(document: dict[str, Any]) -> bytes:
+    data = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
+    try:
+        parse_brief(data, "say.yaml")
+    except VideostudioError as exc:
+        _fail(exc)
+    return data
 
 
 def _upload_recording(runner: Runner, key: str, path: Path) -> None:
     if runner.storage.stat(key) is not None:
         return  # named by its content: the same recording is there already
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     try:
-        runner.storage.put_file(key, path, content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        runner.storage.put_file(key, path, content_type=content_type)
     except VideostudioError as exc:
         _fail(exc)
 

@@ -150,6 +150,8 @@ class Wav2LipBackend(AvatarBackend):
                           "val_sync": _rounded(generator_report.val_sync),
                           "sync_on_step": generator_report.sync_on_step, "gan": generator_report.gan,
                           "fine_tuned": options.base_weights is not None},
+            "expert_history": _epoch_curves(expert_report.history),
+            "generator_history": _epoch_curves(generator_report.history),
             "test": quality.model_dump(),
             "quality_score": round(100 * quality.quality),
             "lip_sync_test": sync,
@@ -363,6 +365,11 @@ def _longest_test_run(records: list[FaceRecord]) -> list[FaceRecord]:
     return best
 
 
+def _epoch_curves(history: dict[str, list]) -> dict[str, list[float | None]]:
+    """The per-epoch train and validation curves (per-step values stay in the checkpoints and the PNG)."""
+    return {k: [_rounded(v) for v in values] for k, values in history.items() if not k.startswith("step_")}
+
+
 def _hooks(ctx: StageContext, phase: str, *, share: tuple[float, float]) -> LoopHooks:
     """Progress and live metrics (L1, sync loss, expert accuracy, validation) into the manifest; checkpoints
     into the job's outputs, the last KEEP_CHECKPOINTS kept."""
@@ -377,8 +384,7 @@ def _hooks(ctx: StageContext, phase: str, *, share: tuple[float, float]) -> Loop
                            steps_per_s=round(steps_per_s, 4), eta_s=round(remaining / steps_per_s, 1) if steps_per_s else None)
 
     def on_epoch(state: LoopState) -> None:
-        curves = {k: [_rounded(v) for v in values] for k, values in state.history.items() if not k.startswith("step_")}
-        ctx.update_metrics(**{f"{phase}_epoch": state.epoch, f"{phase}_history": curves})
+        ctx.update_metrics(**{f"{phase}_epoch": state.epoch, f"{phase}_history": _epoch_curves(state.history)})
 
     def save_checkpoint(step: int, data: bytes) -> None:
         key = ctx.put_output_bytes(f"{prefix}step-{step:07d}.pt", data)

@@ -14,8 +14,8 @@ Errors are always JSON `{code, message}` with a stable snake_case `code`.
     serve(settings, host="127.0.0.1", port=8000)
 
 This package: `create_app` and `serve` here; one router a resource (`health`, `briefs`, `speech`
-(POST /briefs/speech), `train`, `events`, `jobs`, `avatars`); `auth`, `errors`, `params`, `bodies`, `uploads` and `openapi` for
-what the routes share; `service` for the work behind them. The app's shared state lives in
+(POST /briefs/speech), `train`, `events`, `jobs`, `avatars`); `auth`, `errors`, `params`, `bodies`,
+`uploads` and `openapi` for what the routes share; `service` for the work behind them. The app's shared state lives in
 `app.state` (`settings`, `runner`, `service`, `api_token`, `events_secret`).
 """
 

@@ -253,7 +253,8 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_field: s
     limit = max_file_bytes + FORM_OVERHEAD_BYTES
     declared = declared_length(request)
     if declared is not None and declared > limit:
-        raise HttpError(413, "payload_too_large", f"the {file_field} is over the upload limit of {max_file_bytes} bytes")
+        raise HttpError(413, "payload_too_large",
+                        f"the {file_field} is over the upload limit of {max_file_bytes} bytes")
     received = 0
     try:
         async for chunk in request.stream():
