@@ -52,6 +52,10 @@ class Wav2LipAvatarFiles(BaseModel):
     source_first_frame: int = Field(description="The reference's first frame in the training video (at fps)")
     scale: float = Field(description="Reference pixels per training-video pixel")
     track: list[FaceTrack]
+    neutral_frame: int | None = Field(default=None, description=(
+        "The reference frame whose face is the generator's identity reference in every render: the quietest "
+        "moment of the training audio (a closed mouth). None: each frame is its own reference, as Wav2Lip's "
+        "inference.py does, which lets the footage's own mouth movements leak into the new speech."))
 
 
 def clipped(segment: ReferenceSegment, fps: float, max_s: float = MAX_REFERENCE_S) -> slice:
@@ -91,6 +95,20 @@ def write_reference(video: Path, segment: ReferenceSegment, dest: Path, *, fps: 
                                matrix=np.round(matrix, 8).tolist()))
     return Wav2LipAvatarFiles(width=width, channel_order=channel_order, fps=fps, frame_width=out_w, frame_height=out_h,
                               source_first_frame=first, scale=round(scale, 6), track=track)
+
+
+def quietest_frame(wav: np.ndarray, sample_rate: int, first_frame: int, count: int, fps: float,
+                   hold: int = 5) -> int:
+    """The position (0 … count − 1) in the reference whose `hold` frames around it have the least audio energy
+    in the training video's track: the speaker is silent there, so the mouth is closed or at rest."""
+    per_frame = sample_rate / fps
+    energy = np.empty(count)
+    for n in range(count):
+        start = int(round((first_frame + n) * per_frame))
+        chunk = wav[start:int(round(start + per_frame))]
+        energy[n] = float(np.mean(chunk.astype(np.float64) ** 2)) if len(chunk) else 0.0
+    held = np.convolve(energy, np.ones(hold) / hold, mode="same") if count >= hold else energy
+    return int(np.argmin(held))
 
 
 def read_reference(path: Path, files: Wav2LipAvatarFiles) -> np.ndarray:

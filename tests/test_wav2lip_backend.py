@@ -320,3 +320,23 @@ def test_cancel_stops_training_between_steps(talking_video, tmp_path):
     assert manifest.status.value == "cancelled"
     assert manifest.stages["train"].status.value == "cancelled"
     assert not runner.storage.exists(f"jobs/{job_id}/train/wav2lip.pth")
+
+
+def test_standard_lse_is_added_when_syncnet_v2_weights_are_given(trained, tmp_path, monkeypatch):
+    from functions.models.syncnet_v2 import SyncNetV2
+
+    runner, _ = trained
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(SyncNetV2().state_dict(), weights)  # random weights with the public names: the plumbing, not the score
+    monkeypatch.setenv("VIDEOSTUDIO_SYNCNET_WEIGHTS", str(weights))
+    job = render(runner, "lse.yaml", "avatar: ann\nscript: Scored the standard way, with SyncNet.\n")
+    assert job.status.value == "succeeded", job.error
+    standard = job.stages["render"].metrics["lip_sync_standard"]
+    assert standard["scorer"] == "syncnet_v2" and standard["comparable_with_published"] is True
+    assert standard["lse_d"] == standard["min_dist"] and standard["lse_c"] == standard["confidence"] >= 0
+
+    monkeypatch.setenv("VIDEOSTUDIO_SYNCNET_WEIGHTS", str(tmp_path / "missing.model"))
+    job = render(runner, "lse-missing.yaml", "avatar: ann\nscript: Still rendered without it.\n")
+    assert job.status.value == "succeeded", job.error
+    assert "lip_sync_standard" not in job.stages["render"].metrics
+    assert any("no standard LSE" in w for w in job.warnings)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.audio import read_wav
 from core.device import pick_device
 from core.stage import StageContext, StageResult
 from core.video import mux_audio, write_mp4, write_poster
@@ -41,10 +42,11 @@ from functions.models.syncnet import SYNC_FRAMES, LipSyncExpert, load_expert
 from functions.models.wav2lip import Wav2LipGenerator, load_generator, masked_input, read_state_dict
 from functions.models.wav2lip_audio import load_wav, mel_window, melspectrogram, window_start
 from functions.models.wav2lip_disc import VisualQualityDiscriminator
-from functions.reference_footage import reference_segment
+from functions.reference_footage import ping_pong, reference_segment
+from functions.standard_lse import standard_lse, syncnet_crop, syncnet_weights_from_env
 from functions.talking_render import TalkingFrames, lip_synced_frames
 from functions.wav2lip_avatar import (EXPERT_FILE, GENERATOR_FILE, REFERENCE_FILE, TRACK_FILE, Wav2LipAvatarFiles,
-                                      read_reference, write_reference)
+                                      quietest_frame, read_reference, write_reference)
 from functions.wav2lip_dataset import ChannelOrder, load_face, load_window_set
 from functions.wav2lip_training import (
     GAN_WEIGHT,
@@ -106,9 +108,14 @@ class Wav2LipBackend(AvatarBackend):
         ctx.progress(0.0, "cutting the reference footage")
         files, asset_keys = self._reference(ctx, prepared, records, width=options.width, channel_order=channel_order)
 
-        # 2. windows and mels
+        # 2. windows and mels; the reference's quietest moment becomes every render's identity reference
         audio_path = ctx.storage.download(prepared.audio.key, ctx.scratch / "audio.wav")
-        mel = melspectrogram(load_wav(audio_path))
+        wav = load_wav(audio_path)
+        mel = melspectrogram(wav)
+        files = files.model_copy(update={"neutral_frame": quietest_frame(
+            wav, prepared.audio.sample_rate, files.source_first_frame, len(files.track), fps)})
+        asset_keys["track"] = ctx.put_output_bytes(TRACK_FILE, files.model_dump_json().encode(),
+                                                   content_type="application/json")
         sets = self._window_sets(ctx, records, mel, fps=fps, seed=brief.seed, channel_order=channel_order)
         if len(sets["train"]) == 0:
             raise VideostudioError("too_few_windows", "no run of 5 consecutive aligned faces in the train split")
@@ -184,9 +191,7 @@ class Wav2LipBackend(AvatarBackend):
         video = fetch_video(ctx, prepared)
         files = write_reference(video, segment, ctx.scratch / REFERENCE_FILE, fps=prepared.sample_fps, width=width,
                                 channel_order=channel_order)
-        keys = {"reference": ctx.put_output_file(REFERENCE_FILE, ctx.scratch / REFERENCE_FILE, content_type="video/mp4"),
-                "track": ctx.put_output_bytes(TRACK_FILE, files.model_dump_json().encode(),
-                                              content_type="application/json")}
+        keys = {"reference": ctx.put_output_file(REFERENCE_FILE, ctx.scratch / REFERENCE_FILE, content_type="video/mp4")}
         return files, keys
 
     @staticmethod
@@ -307,11 +312,17 @@ class Wav2LipBackend(AvatarBackend):
         clock = time.perf_counter()
         frames = lip_synced_frames(generator, reference, files, mel, plan.num_frames, result=result, on_batch=on_batch)
         poster: list[np.ndarray] = []
+        warnings: list[str] = []
+        syncnet = _standard_scorer(warnings)
+        syncnet_crops: list[np.ndarray] = []  # 224-px crops for the standard LSE: 150 KB a frame, only when asked
+        positions = ping_pong(plan.num_frames, min(len(reference), len(files.track)))
 
         def keep_poster(stream):
             for n, frame in enumerate(stream):
                 if n == min(plan.num_frames - 1, plan.num_frames // 3):
                     poster.append(frame)
+                if syncnet is not None:
+                    syncnet_crops.append(syncnet_crop(frame, files.track[positions[n]].box))
                 yield frame
 
         write_mp4(keep_poster(frames), silent, fps=plan.fps)
@@ -329,12 +340,18 @@ class Wav2LipBackend(AvatarBackend):
             "paste_s": round(result.timings.paste_s, 3), "generate_s": round(result.timings.generate_s, 3),
             "device": device,
         }
-        warnings = []
         try:
             sync: LipSyncMetrics | None = lip_sync_metrics(expert, result.lower_half_tensor(), mel, fps=plan.fps)
             metrics["lip_sync"] = sync.model_dump(exclude={"distances"})
         except VideostudioError as exc:  # speech shorter than the ±15-frame search
             warnings.append(f"no lip-sync metrics: {exc}")
+        if syncnet is not None:
+            try:
+                standard = standard_lse(np.stack(syncnet_crops), read_wav(speech).samples, syncnet)
+                metrics["lip_sync_standard"] = {**standard.model_dump(exclude={"distances"}),
+                                                "lse_d": standard.min_dist, "lse_c": standard.confidence}
+            except VideostudioError as exc:
+                warnings.append(f"no standard LSE: {exc}")
         return StageResult(outputs={"video": video_key, "poster": poster_key},
                            job_outputs={"video": video_key, "poster": poster_key}, metrics=metrics,
                            warnings=warnings, model_id=avatar.base_model)
@@ -348,6 +365,15 @@ class Wav2LipBackend(AvatarBackend):
                 raise VideostudioError("avatar_not_found", f"avatar {avatar.avatar_id!r} is missing its {name} file")
             local[name] = ctx.storage.download(key, ctx.scratch / "avatar" / Path(key).name)
         return local
+
+
+def _standard_scorer(warnings: list[str]):
+    """SyncNet v2 when VIDEOSTUDIO_SYNCNET_WEIGHTS names it; a bad setting costs the metric, never the render."""
+    try:
+        return syncnet_weights_from_env()
+    except VideostudioError as exc:
+        warnings.append(f"no standard LSE: {exc}")
+        return None
 
 
 def read_state_dict_bytes(data: bytes) -> dict[str, torch.Tensor]:
