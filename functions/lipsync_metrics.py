@@ -10,8 +10,8 @@ that exist at that offset (syncnet_python pads the audio features with zeros, wh
 far offsets), and the embeddings are those of the project's lip-sync expert (unit vectors, so a
 distance lies in [0, 2]). Numbers from `lip_sync_metrics` are therefore only comparable between
 runs of the same expert, never with published LSE tables (e.g. Wav2Lip on LRS2: LSE-D 6.386,
-LSE-C 7.781), which need joonson's SyncNet v2 (`syncnet_v2.model`) on 224-px crops. Those weights ship
-in no package and cannot be fetched here, so the standard scores are not computed by this project yet.
+LSE-C 7.781), which need joonson's SyncNet v2 (`syncnet_v2.model`) on 224-px crops: functions/standard_lse.py
+computes those when VIDEOSTUDIO_SYNCNET_WEIGHTS names a local copy (the weights ship in no package).
 """
 
 from __future__ import annotations
