@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,6 +20,9 @@ class Settings(BaseSettings):
     api_max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest training video `POST /train` accepts.")
     model: str = Field(default="tiny", description="Model for briefs that name none.")
     device: str = Field(default="auto", description="auto | cpu | cuda")
+    talking_precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description=(
+        "The talking render's generator: bf16 autocast, or fp32; auto: bf16 on CUDA with bf16 and on CPUs with "
+        "AMX (4× the fp32 speed there, outputs within one 8-bit level), fp32 elsewhere."))
     quantization_skip: str = Field(default="", description=(
         "Comma-separated regexes of module names that quantization leaves in bf16 (besides norms, embeddings "
         "and the output layers), e.g. `norm1,attn1.to_out`."))

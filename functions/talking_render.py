@@ -92,13 +92,24 @@ def inference_copy(generator: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def use_bf16(setting: str, device: str) -> bool:
+    """Whether the generator runs under bf16 autocast: `setting` is Settings.talking_precision."""
+    if setting != "auto":
+        return setting == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # bf16 matrix tiles: where bf16 beats fp32 on a CPU
+    return bool(amx and amx())
+
+
 @torch.no_grad()
 def lip_synced_frames(generator: Wav2LipGenerator, reference: np.ndarray, files: Wav2LipAvatarFiles, mel: np.ndarray,
                       n_frames: int, *, batch_size: int = DEFAULT_BATCH, result: TalkingFrames | None = None,
                       paste: Callable[..., np.ndarray] | None = None,
-                      on_batch: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+                      on_batch: Callable[[int, int], None] | None = None, bf16: bool = False) -> Iterator[np.ndarray]:
     """Yield the n_frames output frames (H×W×3 uint8 RGB) in order. `paste(frame, face, matrix=, landmarks=)`
-    replaces the feathered paste-back (the benchmark's hard-paste loop); `on_batch(done, total)` after each batch."""
+    replaces the feathered paste-back (the benchmark's hard-paste loop); `on_batch(done, total)` after each batch;
+    `bf16`: the generator under bf16 autocast (`use_bf16`)."""
     result = result if result is not None else TalkingFrames()
     paste = paste or paste_back
     length = min(len(reference), len(files.track))
@@ -123,7 +134,8 @@ def lip_synced_frames(generator: Wav2LipGenerator, reference: np.ndarray, files:
         clock = time.perf_counter()
         identity = inputs if neutral is None else neutral.expand_as(inputs)
         faces_in = masked_input(inputs, identity).to(device).contiguous(memory_format=torch.channels_last)
-        generated = network(mels.to(device), faces_in).float().cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            generated = network(mels.to(device), faces_in).float().cpu()
         result.timings.generate_s += time.perf_counter() - clock
         result.lower_halves.append(generated[:, :, FACE_SIZE // 2:].half())
         images = _to_image(generated, files.channel_order)

@@ -44,7 +44,7 @@ from functions.models.wav2lip_audio import load_wav, mel_window, melspectrogram,
 from functions.models.wav2lip_disc import VisualQualityDiscriminator
 from functions.reference_footage import ping_pong, reference_segment
 from functions.standard_lse import standard_lse, syncnet_crop, syncnet_weights_from_env
-from functions.talking_render import TalkingFrames, lip_synced_frames
+from functions.talking_render import TalkingFrames, lip_synced_frames, use_bf16
 from functions.wav2lip_avatar import (EXPERT_FILE, GENERATOR_FILE, REFERENCE_FILE, TRACK_FILE, Wav2LipAvatarFiles,
                                       quietest_frame, read_reference, write_reference)
 from functions.wav2lip_dataset import ChannelOrder, load_face, load_window_set
@@ -310,7 +310,9 @@ class Wav2LipBackend(AvatarBackend):
             ctx.progress(0.1 + 0.8 * done / total, "lip-syncing", step=done, total=total)
 
         clock = time.perf_counter()
-        frames = lip_synced_frames(generator, reference, files, mel, plan.num_frames, result=result, on_batch=on_batch)
+        bf16 = use_bf16(ctx.settings.talking_precision, device)
+        frames = lip_synced_frames(generator, reference, files, mel, plan.num_frames, result=result, on_batch=on_batch,
+                                   bf16=bf16)
         poster: list[np.ndarray] = []
         warnings: list[str] = []
         syncnet = _standard_scorer(warnings)
@@ -338,7 +340,7 @@ class Wav2LipBackend(AvatarBackend):
             "render_s": round(render_s, 3), "frames_per_s": round(plan.num_frames / render_s, 3) if render_s else None,
             "realtime_factor": round(plan.duration_s / render_s, 3) if render_s else None,
             "paste_s": round(result.timings.paste_s, 3), "generate_s": round(result.timings.generate_s, 3),
-            "device": device,
+            "device": device, "precision": "bf16" if bf16 else "fp32",
         }
         try:
             sync: LipSyncMetrics | None = lip_sync_metrics(expert, result.lower_half_tensor(), mel, fps=plan.fps)
