@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     bucket: str = Field(default=DEFAULT_BUCKET, description="A folder path or s3://bucket/prefix.")
     webhook_secret: SecretStr | None = Field(default=None, description="Standard Webhooks secret (whsec_…).")
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the HTTP API (`videostudio serve`).")
-    api_max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest training video `POST /train` accepts.")
+    api_max_upload_bytes: int = Field(default=4 * 1024**3, gt=0, description="Largest upload the API accepts: a training video or a recording.")
     model: str = Field(default="tiny", description="Model for briefs that name none.")
     device: str = Field(default="auto", description="auto | cpu | cuda")
     talking_precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description=(
