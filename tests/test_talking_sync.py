@@ -9,17 +9,12 @@ unrelated take's (|r| ≤ 0.2): the generator learnt the mouth from the audio, n
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import pytest
 
 from av_video import AVCorpus, correlation, envelope_per_frame, mouth_opening, video_frames
-from core.queue import SqliteQueue
-from core.runner import Runner
-from core.settings import Settings
-from core.storage import LocalStorage
-from functions.routes import default_pipeline
-from schemas.events import StorageEvent
+from pipeline_jobs import make_runner, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -45,19 +40,10 @@ wav2lip:
 def spoken(tmp_path_factory):
     corpus = AVCorpus.build(tmp_path_factory.getbasetemp() / "av-corpus")
     root = tmp_path_factory.mktemp("bucket")
-    storage = LocalStorage(root)
-    storage.put_file("uploads/astro.mp4", corpus.training_video)
-    storage.put_file("uploads/heldout.wav", corpus.heldout_wav)
-    runner = Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), default_pipeline(),
-                    Settings(bucket=str(root), progress_interval_s=0.5))
-
-    def run(name: str, text: str):
-        storage.put_bytes(f"inbox/{name}", text.encode())
-        job_id = runner.submit(StorageEvent(bucket=storage.name, key=f"inbox/{name}"))[0]
-        while runner.work_once(job_id=job_id):
-            pass
-        return runner.store.load(job_id)
-
+    runner = make_runner(root, {"uploads/astro.mp4": corpus.training_video, "uploads/heldout.wav": corpus.heldout_wav},
+                         progress_interval_s=0.5)
+    storage = runner.storage
+    run = functools.partial(run_job, runner)
     trained = run("astro.yaml", TRAIN)
     assert trained.status.value == "succeeded", trained.error
     rendered = run("heldout.yaml", "avatar: astro\naudio: uploads/heldout.wav\n")

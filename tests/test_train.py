@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -16,14 +15,11 @@ from safetensors.torch import load_file
 import functions.backends.mochi_lora as train_module
 from conftest import TINY_BRIEF
 from core.avatars import AvatarRegistry
-from core.queue import SqliteQueue
 from core.runner import Runner
-from core.settings import Settings
-from core.storage import LocalStorage
 from functions.lora_dataset import build_clips, load_face_records
 from functions.models.mochi import build_tiny_pipeline
-from functions.routes import default_pipeline
-from schemas.events import StorageEvent
+import pipeline_jobs
+from pipeline_jobs import drain, submit
 from synthetic_video import write_face_video
 
 TRAIN_BRIEF = """\
@@ -50,21 +46,7 @@ def face_video(tmp_path_factory) -> Path:
 
 
 def make_runner(bucket: Path, face_video: Path, **settings) -> Runner:
-    storage = LocalStorage(bucket)
-    storage.put_file("uploads/astronaut.mp4", face_video)
-    return Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), default_pipeline(),
-                  Settings(bucket=str(bucket), progress_interval_s=0.0, **settings))
-
-
-def submit(runner: Runner, name: str, text: str) -> str:
-    runner.storage.put_bytes(f"inbox/{name}", text.encode())
-    return runner.submit(StorageEvent(bucket=runner.storage.name, key=f"inbox/{name}"))[0]
-
-
-def drain(runner: Runner, job_id: str):
-    while runner.work_once(job_id=job_id):
-        pass
-    return runner.store.load(job_id)
+    return pipeline_jobs.make_runner(bucket, {"uploads/astronaut.mp4": face_video}, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,16 @@ import torch
 
 import functions.backends.wav2lip as wav2lip_module
 from core.audio import read_wav
-from core.queue import SqliteQueue
 from core.runner import Runner
-from core.settings import Settings
-from core.storage import LocalStorage
 from core.video import write_mp4
 from functions.lora_dataset import load_face_records
 from functions.models.wav2lip_audio import window_start
 from functions.paste_back import mouth_mask
 from functions.reference_footage import ping_pong
-from functions.routes import default_pipeline
 from functions.wav2lip_avatar import Wav2LipAvatarFiles, read_reference
 from functions.wav2lip_dataset import sync_windows
-from schemas.events import StorageEvent
+import pipeline_jobs
+from pipeline_jobs import drain, submit
 from tests.real_media import looped_talking_video, media_file
 
 pytestmark = pytest.mark.slow
@@ -61,21 +58,7 @@ def talking_video(tmp_path_factory) -> Path:
 
 
 def make_runner(bucket: Path, video: Path, **settings) -> Runner:
-    storage = LocalStorage(bucket)
-    storage.put_file("uploads/ann.mp4", video)
-    return Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), default_pipeline(),
-                  Settings(bucket=str(bucket), progress_interval_s=0.0, **settings))
-
-
-def submit(runner: Runner, name: str, text: str) -> str:
-    runner.storage.put_bytes(f"inbox/{name}", text.encode())
-    return runner.submit(StorageEvent(bucket=runner.storage.name, key=f"inbox/{name}"))[0]
-
-
-def drain(runner: Runner, job_id: str):
-    while runner.work_once(job_id=job_id):
-        pass
-    return runner.store.load(job_id)
+    return pipeline_jobs.make_runner(bucket, {"uploads/ann.mp4": video}, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""Running real jobs in-process on a local bucket: a Runner with the default pipeline, briefs dropped into
+inbox/, and a job driven to its end on this thread (no watcher, no worker process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.queue import SqliteQueue
+from core.runner import Runner
+from core.settings import Settings
+from core.storage import LocalStorage
+from functions.routes import default_pipeline
+from schemas.events import StorageEvent
+from schemas.manifest import JobManifest
+
+
+def make_runner(bucket: Path, uploads: dict[str, Path] | None = None, **settings) -> Runner:
+    """A runner on a folder bucket with `uploads` (bucket key → local file) copied in; progress unthrottled."""
+    storage = LocalStorage(bucket)
+    for key, path in (uploads or {}).items():
+        storage.put_file(key, path)
+    settings.setdefault("progress_interval_s", 0.0)
+    return Runner(storage, SqliteQueue(storage.state_dir / "q.sqlite3"), default_pipeline(),
+                  Settings(bucket=str(bucket), **settings))
+
+
+def submit(runner: Runner, name: str, text: str) -> str:
+    """Drop `text` as inbox/<name> and queue it; the job id."""
+    runner.storage.put_bytes(f"inbox/{name}", text.encode())
+    return runner.submit(StorageEvent(bucket=runner.storage.name, key=f"inbox/{name}"))[0]
+
+
+def drain(runner: Runner, job_id: str) -> JobManifest:
+    """Work the job's stages here until none is left; its manifest."""
+    while runner.work_once(job_id=job_id):
+        pass
+    return runner.store.load(job_id)
+
+
+def run_job(runner: Runner, name: str, text: str) -> JobManifest:
+    return drain(runner, submit(runner, name, text))
