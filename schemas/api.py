@@ -63,6 +63,7 @@ class JobSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     error: ErrorInfo | None = None
+    progress: float | None = Field(default=None, description="The running stage's progress (0–1), when it reports one.")
 
 
 class IntakeSubmitted(BaseModel):

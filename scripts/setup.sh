@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+have_all() { for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. ffmpeg and ffprobe (ffmpeg-python shells out to both; Debian's package brings both)
@@ -13,8 +14,14 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# 1a. chromium and its driver for the web studio's browser tests (tests/test_studio.py, driven by selenium)
+if ! have_all chromium chromedriver; then
+  echo "setup: installing chromium and chromium-driver from Debian (for the web studio's browser tests)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 # 1b. a one-node Ceph RGW for the S3 integration tests (scripts/ceph-rgw.sh starts it; nothing runs as a service)
-have_all() { for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || return 1; done; }
 if ! have_all ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph openssl curl; then
   echo "setup: installing ceph-mon, ceph-osd and radosgw from Debian (for the S3 tests)"
   as_root apt-get update -qq

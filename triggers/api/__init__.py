@@ -15,7 +15,7 @@ Errors are always JSON `{code, message}` with a stable snake_case `code`.
 
 This package: `create_app` and `serve` here; one router a resource (`health`, `briefs`, `speech`
 (POST /briefs/speech), `train`, `events`, `jobs`, `avatars`); `auth`, `errors`, `params`, `bodies`,
-`uploads` and `openapi` for what the routes share; `service` for the work behind them. The app's shared state lives in
+`uploads` and `openapi` for what the routes share; the web studio's page and sign-in from `triggers.studio`; `service` for the work behind them. The app's shared state lives in
 `app.state` (`settings`, `runner`, `service`, `api_token`, `events_secret`).
 """
 
@@ -38,6 +38,7 @@ from triggers.api.params import check_id, sanitise_name
 from triggers.api.service import JobsService
 from triggers.api.uploads import UploadedForm, read_multipart
 from triggers.intake import events_secret
+from triggers.studio import routes as studio_routes
 
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_PORT", "MAX_EVENTS_BYTES", "MAX_JSON_BYTES", "PUBLIC_PATHS", "HttpError", "JobsService",
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None, allow_no_aut
         # order of the OpenAPI document; each router carries its own auth (see `auth`). The routes hold no
         # state of an app (handlers find it in `app.state`), so every app can share them.
         routes=[route for module in (health, briefs, speech, train, events, jobs, avatars)
-                for route in module.router.routes],
+                for route in module.router.routes] + studio_routes(),
     )
     app.state.settings = settings
     app.state.runner = runner

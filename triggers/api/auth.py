@@ -2,6 +2,12 @@
 
 Both read what to compare from `app.state` (`api_token`, `events_secret`), which `create_app` sets;
 `None` there means insecure mode, which only `serve --insecure-no-auth` on a loopback address reaches.
+
+The web studio (triggers/studio) signs in with POST /session, which sets an HttpOnly, SameSite=Strict cookie
+holding `session_value(token)` (an HMAC of a fixed label under the token: never the token itself). The bearer
+check accepts that cookie too (EventSource cannot send headers). A state-changing request authenticated by the
+cookie must also carry `X-Requested-With: videostudio` (a header a cross-site form cannot set): CSRF defence on
+top of SameSite=Strict.
 """
 
 from __future__ import annotations
@@ -16,8 +22,15 @@ from core.settings import Settings
 from triggers.api.errors import ERROR_RESPONSES, HttpError
 from triggers.intake import check_authorization
 
-# What answers without a token: /health, and the schema with its docs pages (they carry no data).
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# What answers without a token: /health, the schema with its docs pages (they carry no data), and the web
+# studio's static page, its assets and its sign-in endpoint (triggers/studio: they carry no data either).
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/", "/studio", "/session"})
+
+SESSION_COOKIE = "videostudio_session"
+CSRF_HEADER = "x-requested-with"
+CSRF_VALUE = "videostudio"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer",
                            description="The server's VIDEOSTUDIO_API_TOKEN, sent as `Authorization: Bearer <token>`.")
@@ -39,10 +52,21 @@ async def require_token(request: Request,
     if token is None:  # insecure mode: only `serve --insecure-no-auth` on a loopback address gets here
         return
     if credentials is None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is not None and hmac.compare_digest(cookie.encode("utf-8", "surrogateescape"), session_value(token)):
+            if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != CSRF_VALUE:
+                raise HttpError(403, "csrf_header_missing", f"a request signed in by the session cookie that changes "
+                                f"something needs the header `X-Requested-With: {CSRF_VALUE}`")
+            return
         raise HttpError(401, "unauthorized", "this endpoint needs `Authorization: Bearer <token>`",
                         headers={"WWW-Authenticate": _CHALLENGE})
     if not hmac.compare_digest(credentials.credentials.encode("utf-8", "surrogateescape"), token):
         raise HttpError(401, "unauthorized", "the bearer token is not valid", headers={"WWW-Authenticate": _INVALID})
+
+
+def session_value(token: bytes) -> bytes:
+    """The session cookie's value for this token: an HMAC under it, so the cookie never holds the token."""
+    return hmac.new(token, b"videostudio-session-v1", "sha256").hexdigest().encode()
 
 
 async def require_events_secret(

@@ -125,8 +125,15 @@ class JobsService:
                      if (status is None or m.status == status) and (kind is None or m.kind == kind)]
         manifests.sort(key=lambda m: m.created_at, reverse=True)
         return [JobSummary(job_id=m.job_id, kind=m.kind, status=m.status.value, stage=m.current_stage(),
-                           input_key=m.input.key, created_at=m.created_at, updated_at=m.updated_at, error=m.error)
+                           input_key=m.input.key, created_at=m.created_at, updated_at=m.updated_at, error=m.error,
+                           progress=_progress(m))
                 for m in manifests[:limit]]
+
+
+def _progress(manifest: JobManifest) -> float | None:
+    stage = manifest.current_stage()
+    record = manifest.stages.get(stage) if stage is not None else None
+    return record.progress.fraction if record is not None and record.progress is not None else None
 
 
 def _service(request: Request) -> JobsService:

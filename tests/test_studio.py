@@ -1,0 +1,408 @@
+"""The web studio (issue 13, first slice) in a real browser: Debian's chromium + chromium-driver, driven by selenium.
+
+One `videostudio serve` and one `videostudio up` on a temp bucket for the module; headless chromium signs in
+through the page. Journeys: a wrong token is refused and the right one signs in; a Mochi video made from a
+prompt (model tiny) plays in the job page and the job is listed as succeeded; a running job is cancelled from
+the jobs list; a train job's loss chart is drawn as SVG and gains points as the manifest changes (a second
+server, without a worker, on a bucket holding a hand-written train manifest). Every request the browser made
+went to the app's own origin. Screenshots land in $VIDEOSTUDIO_STUDIO_ARTIFACTS or a temp folder (printed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import start_serve, start_up, stop
+from schemas.manifest import InputRecord, JobManifest, Versions
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "studio-token-0123456789abcdef"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("VIDEOSTUDIO_STUDIO_ARTIFACTS") or tmp_path_factory.mktemp("studio-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nstudio screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studio")
+    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    serve, base = start_serve(root, root / "serve.log", env, timeout_s=90)
+    worker = start_up(root / "bucket", root / "up.log")
+    yield {"base": base, "root": root, "bucket": root / "bucket", "log": root / "serve.log"}
+    stop(worker)
+    serve.terminate()
+    serve.wait(timeout=30)
+    assert TOKEN not in (root / "serve.log").read_text(), "the token reached the server's log"
+
+
+class Browser:
+    """A headless chromium whose network log is kept across get_log calls (each call drains it)."""
+
+    def __init__(self, driver, artifacts: Path) -> None:
+        self.driver, self.artifacts, self.requests = driver, artifacts, []
+
+    def wait(self, condition, timeout: float = WAIT_S):
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(condition)
+
+    def shot(self, name: str) -> Path:
+        path = self.artifacts / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def drain_network(self) -> list[str]:
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                self.requests.append(message["params"]["request"]["url"])
+        return self.requests
+
+    def leave(self) -> None:
+        """Close the page (and its event streams) before its server stops, so nothing reconnects later."""
+        self.driver.get("about:blank")
+        self.drain_network()
+        self.requests = []
+
+    def assert_same_origin(self, base: str) -> None:
+        urls, self.requests = self.drain_network(), []  # each journey checks its own requests
+        assert urls, "no network requests were logged"
+        foreign = [u for u in urls if not (u.startswith(base + "/") or u == base or u.startswith(("data:", "blob:")))]
+        assert not foreign, f"requests to other origins: {foreign}"
+
+
+@pytest.fixture(scope="module")
+def browser(artifacts):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--window-size=1280,800", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-default-apps"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    except WebDriverException as exc:  # pragma: no cover - set-up problem, reported plainly
+        pytest.fail(f"chromium did not start ({CHROMIUM}, {CHROMEDRIVER}): {exc.msg}")
+    yield Browser(driver, artifacts)
+    driver.quit()
+
+
+def sign_in(browser: Browser, base: str, token: str = TOKEN) -> None:
+    driver = browser.driver
+    driver.get(base + "/#/jobs")
+    field = browser.wait(EC.element_to_be_clickable((By.ID, "token")))
+    field.clear()
+    field.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+
+
+UNLABELLED_JS = """return [...document.querySelectorAll('input, select, textarea, button, progress')]
+  .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+  .map((e) => e.outerHTML);"""
+
+
+def assert_labelled(browser: Browser) -> None:
+    assert browser.driver.execute_script(UNLABELLED_JS) == []
+
+
+def ensure_signed_in(browser: Browser, base: str) -> None:
+    """Cookies are per host, not per port: a session from another server on 127.0.0.1 with the same token counts."""
+    browser.driver.get(base + "/#/jobs")
+    found = browser.wait(EC.any_of(EC.visibility_of_element_located((By.ID, "token")),
+                                   EC.visibility_of_element_located((By.ID, "jobs"))))
+    if found.get_attribute("id") == "token":
+        sign_in(browser, base)
+    browser.wait(EC.visibility_of_element_located((By.ID, "jobs")))
+
+
+def jobs_row(browser: Browser, job_id: str, status: str):
+    return browser.wait(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"][data-status="{status}"]')))
+
+
+def create_video(browser: Browser, prompt: str, *, steps: int | None = None, size: tuple[int, int] = (64, 48),
+                 duration_s: float = 0.5) -> str:
+    driver = browser.driver
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/new"]').click()
+    browser.wait(EC.element_to_be_clickable((By.ID, "prompt"))).send_keys(prompt)
+    assert_labelled(browser)
+    Select(driver.find_element(By.ID, "preset")).select_by_value("fast")
+    for field, value in (("seed", "7"), ("model", "tiny"), ("width", str(size[0])), ("height", str(size[1])),
+                         ("duration", str(duration_s)),
+                         ("steps", "" if steps is None else str(steps))):
+        element = driver.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "#create button[type=submit]").click()
+    browser.wait(lambda d: d.current_url.split("#", 1)[-1].startswith("/jobs/"))
+    return driver.current_url.split("#/jobs/", 1)[1]
+
+
+# --------------------------------------------------------------------------------------------- journeys
+def test_sign_in_refuses_a_wrong_token_then_signs_in(app, browser):
+    base = app["base"]
+    sign_in(browser, base, "not-the-token")
+    error = browser.wait(EC.visibility_of_element_located((By.ID, "sign-in-error")))
+    assert "not valid" in error.text
+    browser.shot("sign-in-error")
+    assert_labelled(browser)
+    sign_in(browser, base)
+    browser.wait(EC.visibility_of_element_located((By.ID, "jobs")))
+    cookie = browser.driver.get_cookie("videostudio_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert TOKEN not in cookie["value"]
+    assert TOKEN not in browser.driver.current_url
+    # The cookie alone may read, but a change needs the CSRF header the page sends.
+    jar = {"videostudio_session": cookie["value"]}
+    assert httpx.get(f"{base}/jobs", cookies=jar).status_code == 200
+    refused = httpx.post(f"{base}/briefs", cookies=jar, content=b"prompt: hi\n",
+                         headers={"Content-Type": "application/yaml"})
+    assert refused.status_code == 403 and refused.json()["code"] == "csrf_header_missing"
+    browser.shot("jobs-empty")
+    browser.assert_same_origin(base)
+
+
+def test_create_a_mochi_video_from_a_prompt_and_play_it(app, browser, artifacts):
+    base = app["base"]
+    job_id = create_video(browser, "A lighthouse at dusk")
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, '#stages li[data-stage="render"]')))
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#job p > .s-succeeded")), timeout=120)
+    video = browser.wait(EC.presence_of_element_located((By.ID, "video")))
+    browser.wait(lambda d: d.execute_script(
+        "const v = document.getElementById('video'); return v.readyState >= 1 || v.duration > 0;"))
+    assert browser.driver.execute_script("return document.getElementById('video').duration") > 0
+    stages = [li.get_attribute("data-stage") for li in browser.driver.find_elements(By.CSS_SELECTOR, "#stages > li")]
+    assert stages == ["prepare", "render"]
+    assert all(li.get_attribute("data-status") == "succeeded"
+               for li in browser.driver.find_elements(By.CSS_SELECTOR, "#stages > li"))
+    assert video.get_attribute("src") == f"{base}/jobs/{job_id}/outputs/video"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    whole = httpx.get(f"{base}/jobs/{job_id}/outputs/video", headers=auth)
+    assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    part = httpx.get(f"{base}/jobs/{job_id}/outputs/video", headers={**auth, "Range": "bytes=4-11"})
+    assert part.status_code == 206 and part.content == whole.content[4:12]
+    assert part.headers["content-range"] == f"bytes 4-11/{len(whole.content)}"
+    assert httpx.get(f"{base}/jobs/{job_id}/outputs/video", headers={**auth, "Range": "bytes=999999999-"}
+                     ).status_code == 416
+    assert httpx.get(f"{base}/jobs/{job_id}/outputs/nothing", headers=auth).json()["code"] == "output_not_found"
+    browser.shot("job-detail")
+    browser.driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/jobs"]').click()
+    jobs_row(browser, job_id, "succeeded")
+    Select(browser.driver.find_element(By.ID, "filter-status")).select_by_value("failed")
+    browser.wait(EC.visibility_of_element_located((By.ID, "jobs-empty")))
+    Select(browser.driver.find_element(By.ID, "filter-status")).select_by_value("succeeded")
+    Select(browser.driver.find_element(By.ID, "filter-kind")).select_by_value("render")
+    jobs_row(browser, job_id, "succeeded")
+    browser.shot("jobs")
+    assert_labelled(browser)
+    # Keyboard: Tab reaches the filters, and the focused control shows an outline.
+    focused = browser.driver.execute_script(
+        "document.getElementById('filter-kind').focus(); const s = getComputedStyle(document.activeElement);"
+        "return [document.activeElement.id, s.outlineStyle, s.outlineWidth];")
+    assert focused[0] == "filter-kind" and focused[1] != "none" and focused[2] != "0px", focused
+    browser.assert_same_origin(base)
+
+
+def test_cancel_a_running_job_from_the_jobs_list(app, browser):
+    base = app["base"]
+    job_id = create_video(browser, "A long render", steps=500, size=(848, 480), duration_s=6)  # minutes on a CPU
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, '#stages li[data-stage="render"][data-status="running"]')),
+                 timeout=90)
+    browser.driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/jobs"]').click()
+    Select(browser.wait(EC.element_to_be_clickable((By.ID, "filter-status")))).select_by_value("")
+    Select(browser.driver.find_element(By.ID, "filter-kind")).select_by_value("")
+    row = jobs_row(browser, job_id, "running")
+    row.find_element(By.CSS_SELECTOR, "progress")
+    browser.shot("jobs-running")
+    row.find_element(By.CSS_SELECTOR, 'button[data-action="cancel"]').click()
+    jobs_row(browser, job_id, "cancelled")
+    browser.shot("jobs-cancelled")
+    assert httpx.get(f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()["status"] == "cancelled"
+    browser.assert_same_origin(base)
+
+
+def test_a_train_jobs_loss_chart_gains_points_live(app, browser, tmp_path):
+    """A second server (no worker) on a bucket holding a running train job's manifest, written by hand."""
+    job_id = "avatar-0123456789abcdef"
+    manifest = json.loads(JobManifest(job_id=job_id, kind="train", status="running",
+                                      input=InputRecord(key="inbox/avatar.yaml"),
+                                      versions=Versions(videostudio="0", python="3")).model_dump_json())
+    manifest["stages"] = {
+        "prepare": {"status": "succeeded", "attempts": 1, "metrics": {"frames_kept": 250}},
+        "train": {"status": "running", "attempts": 1, "outputs": {},
+                  "progress": {"fraction": 0.5, "message": "training the generator", "step": 5, "total": 10},
+                  "metrics": {"epoch": 2, "train_loss": [0.9, 0.7], "val_loss": [0.95, None],
+                              "expert_history": {"train_loss": [0.69, 0.6], "val_loss": [0.7, 0.62]}}},
+    }
+    bucket = tmp_path / "bucket"
+    (bucket / "jobs" / job_id).mkdir(parents=True)
+    path = bucket / "jobs" / job_id / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    serve, base = start_serve(tmp_path, tmp_path / "serve.log", env, timeout_s=90)
+    try:
+        ensure_signed_in(browser, base)
+        browser.driver.get(f"{base}/#/jobs/{job_id}")
+        points = "#loss svg circle.point"
+        browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, points)) == 7)  # 2 + 1 (a None) + 2 + 2
+        assert browser.driver.find_element(By.CSS_SELECTOR, "#loss svg polyline")
+        browser.driver.execute_script("document.getElementById('loss').scrollIntoView()")
+        browser.shot("train-loss-chart")
+        later = copy.deepcopy(manifest)
+        later["stages"]["train"]["metrics"]["train_loss"].append(0.5)
+        later["stages"]["train"]["metrics"]["val_loss"].append(0.6)
+        later["stages"]["train"]["progress"]["fraction"] = 0.8
+        path.with_suffix(".tmp").write_text(json.dumps(later))
+        path.with_suffix(".tmp").replace(path)
+        browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, points)) == 9)
+        browser.shot("train-loss-chart-later")
+        browser.assert_same_origin(base)
+    finally:
+        browser.leave()
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def test_a_failed_job_shows_its_error_and_webhook_attempts_and_is_retried(browser, tmp_path):
+    """A second server (no worker) on a bucket holding a failed render's manifest, written by hand."""
+    job_id = "broken-0123456789abcdef"
+    manifest = json.loads(JobManifest(job_id=job_id, kind="render", status="failed",
+                                      input=InputRecord(key="inbox/broken.yaml"),
+                                      versions=Versions(videostudio="0", python="3")).model_dump_json())
+    error = {"code": "render_crashed", "message": "the renderer stopped at step 3", "retryable": True}
+    manifest.update(error=error, stages={
+        "prepare": {"status": "succeeded", "attempts": 1},
+        "render": {"status": "failed", "attempts": 3, "error": error}})
+    manifest["webhooks"] = [{"webhook_id": "msg_1", "event": "job.failed", "url": "https://example.com/hook",
+                             "status": "failed", "attempts": [
+                                 {"attempt": 1, "at": "2026-01-01T00:00:00Z", "status_code": 500, "duration_ms": 12.5,
+                                  "next_retry_s": 2.0},
+                                 {"attempt": 2, "at": "2026-01-01T00:00:02Z", "error": "connection refused"}]}]
+    bucket = tmp_path / "bucket"
+    (bucket / "inbox").mkdir(parents=True)
+    (bucket / "inbox" / "broken.yaml").write_text("prompt: hi\nmodel: tiny\n")
+    (bucket / "jobs" / job_id).mkdir(parents=True)
+    (bucket / "jobs" / job_id / "manifest.json").write_text(json.dumps(manifest))
+    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    serve, base = start_serve(tmp_path, tmp_path / "serve.log", env, timeout_s=90)
+    try:
+        ensure_signed_in(browser, base)
+        browser.driver.get(f"{base}/#/jobs/{job_id}")
+        shown = browser.wait(EC.visibility_of_element_located((By.ID, "job-error")))
+        assert "render_crashed" in shown.text and "stopped at step 3" in shown.text
+        hooks = browser.wait(EC.visibility_of_element_located((By.ID, "webhooks"))).text
+        assert "job.failed" in hooks and "#1" in hooks and "500" in hooks and "connection refused" in hooks
+        browser.shot("job-failed")
+        browser.driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/jobs"]').click()
+        row = jobs_row(browser, job_id, "failed")
+        row.find_element(By.CSS_SELECTOR, 'button[data-action="retry"]').click()
+        jobs_row(browser, job_id, "queued")
+        browser.assert_same_origin(base)
+    finally:
+        browser.leave()
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def test_the_avatars_gallery_shows_metrics_and_a_preview_and_deletes(browser, tmp_path):
+    """A second server (no worker) on a bucket holding a deployed talking avatar and its train job, by hand."""
+    import subprocess
+
+    from schemas.avatar import AvatarManifest
+
+    job_id = "ann-0123456789abcdef"
+    bucket = tmp_path / "bucket"
+    (bucket / "jobs" / job_id / "render").mkdir(parents=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=12", "-t", "1",
+                    "-pix_fmt", "yuv420p", str(bucket / "jobs" / job_id / "render" / "video.mp4")], check=True)
+    job = json.loads(JobManifest(job_id=job_id, kind="train", status="succeeded", input=InputRecord(key="inbox/ann.yaml"),
+                                 outputs={"video": f"jobs/{job_id}/render/video.mp4"},
+                                 versions=Versions(videostudio="0", python="3")).model_dump_json())
+    (bucket / "jobs" / job_id / "manifest.json").write_text(json.dumps(job))
+    (bucket / "avatars" / "ann").mkdir(parents=True)
+    (bucket / "avatars" / "ann" / "weights.pt").write_bytes(b"not really weights")
+    avatar = AvatarManifest(avatar_id="ann", job_id=job_id, backend="wav2lip", base_model="wav2lip", talks=True,
+                            weights_key="avatars/ann/weights.pt",
+                            metrics={"quality_score": 73, "lip_sync_test": {"offset_frames": 0, "min_dist": 6.1,
+                                                                             "confidence": 4.2}})
+    (bucket / "avatars" / "ann" / "manifest.json").write_text(avatar.model_dump_json())
+    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    serve, base = start_serve(tmp_path, tmp_path / "serve.log", env, timeout_s=90)
+    try:
+        ensure_signed_in(browser, base)
+        browser.driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/avatars"]').click()
+        card = browser.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, '#avatars li[data-avatar="ann"]')))
+        assert "wav2lip" in card.text and "73 / 100" in card.text and "6.1" in card.text and "4.2" in card.text
+        browser.wait(lambda d: d.execute_script(
+            "const v = document.querySelector('#avatars video'); return v !== null && v.readyState >= 1;"))
+        assert_labelled(browser)
+        browser.shot("avatars")
+        card.find_element(By.CSS_SELECTOR, 'button[data-action="delete"]').click()
+        browser.wait(EC.alert_is_present()).dismiss()  # "no": nothing happens
+        assert (bucket / "avatars" / "ann" / "manifest.json").exists()
+        card.find_element(By.CSS_SELECTOR, 'button[data-action="delete"]').click()
+        browser.wait(EC.alert_is_present()).accept()
+        browser.wait(EC.visibility_of_element_located((By.ID, "avatars-empty")))
+        assert not (bucket / "avatars" / "ann" / "manifest.json").exists()
+        browser.assert_same_origin(base)
+    finally:
+        browser.leave()
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def test_phone_layout_and_sign_out(app, browser):
+    base = app["base"]
+    driver = browser.driver
+    driver.set_window_size(390, 844)
+    try:
+        ensure_signed_in(browser, base)
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390 + 1, f"the page scrolls sideways on a phone ({width} px)"
+        browser.shot("jobs-phone")
+        driver.find_element(By.ID, "sign-out").click()
+        browser.wait(EC.visibility_of_element_located((By.ID, "token")))
+        assert driver.get_cookie("videostudio_session") is None
+    finally:
+        driver.set_window_size(1280, 800)
+    browser.assert_same_origin(base)
+
+
+def test_the_first_page_is_small_and_every_asset_is_in_the_package(app):
+    import gzip
+
+    base = app["base"]
+    index = httpx.get(base + "/")
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    static = Path(__file__).resolve().parent.parent / "triggers" / "studio" / "static"
+    total = 0
+    for asset in sorted(static.iterdir()):
+        response = httpx.get(f"{base}/studio/{asset.name}")
+        assert response.status_code == 200, asset.name
+        total += len(gzip.compress(response.content))
+    assert total < 200_000
+    assert "://" not in "".join(p.read_text() for p in static.iterdir() if p.suffix in (".js", ".css", ".html")
+                                ).replace("http://www.w3.org/2000/svg", "")
