@@ -76,7 +76,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 import synthetic_video  # noqa: E402
-from runinfo import cpu_model, git_commit  # noqa: E402  (bench/, on the path of a script run from it)
+from runinfo import cpu_model, git_commit, system_busy_s  # noqa: E402  (bench/, on the path of a script run from it)
 from core.video import probe_video, sample_frames, sample_thumbnails, thumbnail_size, write_mp4  # noqa: E402
 import functions.faces as faces_module  # noqa: E402
 from functions.faces import Face, NaiveDetector, TrackingDetector  # noqa: E402
@@ -168,16 +168,6 @@ def cpu_self() -> float:
 def cpu_children() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def system_busy_s() -> float | None:
-    """CPU seconds all processes on the machine have used (from /proc/stat), to see what else was running."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
 
 
 def wait_quiet(max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 1.0) -> dict[str, Any] | None:
@@ -537,8 +527,6 @@ def machine_info() -> dict[str, Any]:
             "cuda_available": torch.cuda.is_available(), "opencv": cv2.__version__,
             "facenet_pytorch": version("facenet-pytorch"), "ffmpeg": ffmpeg_version,
             "loadavg_start": os.getloadavg()}
-
-
 
 
 def _other(value: float | None) -> str:

@@ -5,6 +5,7 @@ The scripts in bench/ run as `python bench/NAME.py`, so this folder is on their 
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -29,4 +30,14 @@ def git_commit() -> str | None:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def system_busy_s() -> float | None:
+    """CPU seconds all processes on the machine have used (from /proc/stat), to see what else was running."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
         return None

@@ -74,7 +74,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from runinfo import cpu_model, git_commit  # bench/, on the path of a script run from it
+from runinfo import cpu_model, git_commit, system_busy_s  # bench/, on the path of a script run from it
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -206,26 +206,16 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime + children_cpu_s()
 
 
-def machine_busy_s() -> float | None:
-    """CPU seconds every process on the machine has used (/proc/stat), to see what else was running."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-
-
 class OtherLoad:
     """Other processes' CPU use over a block, in cores on average (this machine is shared)."""
 
     def __enter__(self) -> "OtherLoad":
-        self._start = (time.perf_counter(), own_cpu_s(), machine_busy_s())
+        self._start = (time.perf_counter(), own_cpu_s(), system_busy_s())
         return self
 
     def __exit__(self, *exc) -> None:
         wall0, own0, busy0 = self._start
-        wall, busy = time.perf_counter() - wall0, machine_busy_s()
+        wall, busy = time.perf_counter() - wall0, system_busy_s()
         other = None if busy0 is None or busy is None else busy - busy0 - (own_cpu_s() - own0)
         self.cores = None if other is None or wall <= 0 else round(max(0.0, other / wall), 2)
 
