@@ -83,3 +83,21 @@ class EventsAccepted(BaseModel):
 
     submitted: list[IntakeSubmitted] = Field(default_factory=list)
     ignored: list[IntakeSkipped] = Field(default_factory=list)
+
+
+class BackendInfo(BaseModel):
+    name: str = Field(examples=["wav2lip"])
+    talks: bool = Field(description="Its avatars speak scripts and recordings (else they render prompts).")
+    summary: str
+    brief_options: list[str] = Field(description="The train-brief fields only this backend reads.")
+
+
+class ServerInfo(BaseModel):
+    """What a client needs to know before it uploads or fills in a brief (the studio reads it once)."""
+
+    version: str
+    max_upload_bytes: int = Field(description="The largest training video or recording an upload may be.")
+    video_suffixes: list[str]
+    audio_suffixes: list[str]
+    max_script_chars: int
+    backends: list[BackendInfo]

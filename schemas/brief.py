@@ -314,7 +314,9 @@ def validation_error_to_videostudio(exc: ValidationError) -> VideostudioError:
         where = ".".join(str(p) for p in err["loc"] if p not in ("render", "train")) or "brief"
         parts.append(f"{where}: {err['msg']}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return VideostudioError(_code_for(errors[0]), "; ".join(parts) + more)
+    details = [{"loc": [str(p) for p in err["loc"] if p not in ("render", "train")], "msg": err["msg"],
+                "type": err["type"]} for err in errors]
+    return VideostudioError(_code_for(errors[0]), "; ".join(parts) + more, details=details)
 
 
 def parse_brief(data: bytes, filename: str = "brief.yaml") -> RenderBrief | TrainBrief:

@@ -68,6 +68,10 @@ class AvatarBackend(ABC):
     name: ClassVar[str]
     dataset: ClassVar[DatasetPolicy] = DatasetPolicy()
     talks: ClassVar[bool] = False  # renders speech (TalkingPlan) rather than a prompt (RenderPlan)
+    summary: ClassVar[str] = ""  # one line for people choosing a backend (GET /info, the studio's new-avatar page)
+    # The train-brief fields only this backend reads (the rest, epochs, batch_size, mixed_precision…, every
+    # backend reads): the studio shows these under the backend's name.
+    brief_options: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:

@@ -113,6 +113,9 @@ class EncodedClips:
 
 class MochiLoraBackend(AvatarBackend):
     name = "mochi-lora"
+    summary = "A Mochi identity LoRA: renders the person in videos made from prompts (a GPU for real models)."
+    brief_options = ("model", "learning_rate", "optimizer", "lora_rank", "lora_alpha", "resolution", "clip_frames",
+                     "extract_fps", "preview_steps")
 
     # -------------------------------------------------------------------------------- train
     def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:

@@ -88,6 +88,8 @@ class Wav2LipBackend(AvatarBackend):
     name = "wav2lip"
     dataset = DatasetPolicy(fps=FPS, drop_duplicates=False, audio=True)
     talks = True
+    summary = "A talking avatar: lip-syncs the person's own footage to a script or a recording (trains on a CPU)."
+    brief_options = ("wav2lip",)
 
     # -------------------------------------------------------------------------------- train
     def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:

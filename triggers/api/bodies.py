@@ -56,7 +56,8 @@ def parse_brief_body(data: bytes, filename: str) -> RenderBrief | TrainBrief:
     try:
         return parse_brief(data, filename)
     except VideostudioError as exc:
-        raise HttpError(413 if exc.code == "brief_too_large" else 422, exc.code, exc.message) from None
+        raise HttpError(413 if exc.code == "brief_too_large" else 422, exc.code, exc.message,
+                        details=exc.details) from None
 
 
 def brief_yaml(brief: RenderBrief | TrainBrief) -> bytes:

@@ -22,8 +22,9 @@ log = logging.getLogger("videostudio.api")
 class HttpError(VideostudioError):
     """A `VideostudioError` that knows its HTTP status (and any headers, e.g. WWW-Authenticate)."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(code, message)
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(code, message, details=details)
         self.status = status
         self.headers = headers
 
@@ -87,7 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if status == 503:
             headers = {**(headers or {}), "Retry-After": "1"}
-        return error_response(status, exc.code, exc.message, headers=headers)
+        return error_response(status, exc.code, exc.message, headers=headers, details=exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -274,8 +274,9 @@ async def read_multipart(request: Request, *, max_file_bytes: int, file_field: s
 
 
 def form_document(form: UploadedForm, *, keep_empty: tuple[str, ...] = ("avatar",)) -> dict[str, Any]:
-    """Text fields become brief fields; `webhook` is JSON. An empty field is left out (an HTML form sends every
-    input), except those in `keep_empty`, which the brief then refuses by name."""
+    """Text fields become brief fields; `webhook` is JSON, and a dotted name sets a nested option
+    (`wav2lip.width` → `wav2lip: {width: …}`). An empty field is left out (an HTML form sends every input),
+    except those in `keep_empty`, which the brief then refuses by name."""
     document: dict[str, Any] = {}
     for name, value in form.fields.items():
         if name == "webhook":
@@ -284,5 +285,11 @@ def form_document(form: UploadedForm, *, keep_empty: tuple[str, ...] = ("avatar"
             except json.JSONDecodeError as exc:
                 raise HttpError(422, "invalid_json", f"webhook: not valid JSON: {exc.msg}") from None
         elif value != "" or name in keep_empty:
-            document[name] = value
+            *parents, leaf = name.split(".")
+            target = document
+            for parent in parents:
+                target = target.setdefault(parent, {})
+                if not isinstance(target, dict):
+                    raise HttpError(422, "invalid_multipart", f"form field {name!r}: {parent!r} is not a group of options")
+            target[leaf] = value
     return document
