@@ -130,6 +130,17 @@ class ManifestStore:
         manifest, _ = self._load_with_etag(job_id)
         return manifest
 
+    def load_with_etag(self, job_id: str) -> tuple[JobManifest | None, str | None]:
+        """The manifest and the etag it was read at (None, None when there is none)."""
+        return self._load_with_etag(job_id)
+
+    def listed(self) -> Iterator[tuple[str, str]]:
+        """(job id, manifest etag) of every job, from one listing of jobs/ (no manifest is read)."""
+        for info in self.storage.list(JOBS_PREFIX):
+            parts = info.key.split("/")
+            if len(parts) == 3 and parts[2] == "manifest.json":
+                yield parts[1], info.etag
+
     def _load_with_etag(self, job_id: str) -> tuple[JobManifest | None, str | None]:
         # The bytes with the etag they were read at (one GET on S3; stat, read, stat locally).
         try:
@@ -171,10 +182,8 @@ class ManifestStore:
         return key
 
     def job_ids(self) -> Iterator[str]:
-        for info in self.storage.list(JOBS_PREFIX):
-            parts = info.key.split("/")
-            if len(parts) == 3 and parts[2] == "manifest.json":
-                yield parts[1]
+        for job_id, _ in self.listed():
+            yield job_id
 
     def all(self) -> Iterator[JobManifest]:
         for job_id in self.job_ids():

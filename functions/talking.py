@@ -23,18 +23,18 @@ PREVIEW_SENTENCE = "Hello! This is my new avatar, speaking a sentence it has nev
 
 
 def prepare_speech(ctx: StageContext, *, script: str | None = None, audio_key: str | None = None,
-                   voice: str | None = None, name: str = "speech.wav") -> PreparedSpeech:
+                   voice: str | None = None, name: str = "speech.wav", at: float = 0.2) -> PreparedSpeech:
     """`script` spoken by `voice` (default: the bundled voice), or the recording at `audio_key`, as this stage's
-    output `name`."""
+    output `name`. `at`: the stage's progress while it speaks (a train stage's preview comes at its very end)."""
     dest = ctx.scratch / "speech" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     if script is not None:
-        ctx.progress(0.2, "speaking the script")
+        ctx.progress(at, "speaking the script")
         speech = synthesize(script, dest=dest, voice=voice or BUNDLED_VOICE)
     elif audio_key is not None:
         if ctx.storage.stat(audio_key) is None:
             raise VideostudioError("audio_not_found", f"no recording at {audio_key!r} in the bucket")
-        ctx.progress(0.2, "reading the recording")
+        ctx.progress(at, "reading the recording")
         local = ctx.storage.download(audio_key, ctx.scratch / "speech" / f"source{PurePosixPath(audio_key).suffix}")
         speech = load_speech(local, dest=dest)
     else:

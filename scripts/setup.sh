@@ -29,6 +29,21 @@ if ! have_all ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph openssl cu
     ceph-mon ceph-osd radosgw ceph-common openssl curl >/dev/null
 fi
 
+# 1c. Node and npm, for the studio's build-time tools (scripts/studio-vendor: esbuild, and axe-core for the
+#     accessibility tests). Users of the studio never need Node: the bundles are checked in and packaged.
+if ! have_all node npm; then
+  echo "setup: installing nodejs and npm from Debian (the web studio's build and accessibility tools)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+vendor_stamp="scripts/studio-vendor/node_modules/.videostudio-installed"
+vendor_want="$(sha256sum scripts/studio-vendor/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat "$vendor_stamp" 2>/dev/null)" != "$vendor_want" ]; then
+  echo "setup: npm ci in scripts/studio-vendor (versions pinned by its package-lock.json)"
+  npm ci --prefix scripts/studio-vendor --no-audit --no-fund --loglevel=error
+  echo "$vendor_want" > "$vendor_stamp"
+fi
+
 # 2. a virtual environment with Python 3.11
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then

@@ -36,6 +36,7 @@ TOKEN = "studio-token-0123456789abcdef"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 60
+UPLOAD_LIMIT = 8_000_000
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,13 @@ def artifacts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("studio")
-    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    # A small upload limit, so that an oversized upload is quick to make; the server's temp files in tmp/.
+    (root / "tmp").mkdir()
+    env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1",
+           "VIDEOSTUDIO_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "TMPDIR": str(root / "tmp")}
     serve, base = start_serve(root, root / "serve.log", env, timeout_s=90)
     worker = start_up(root / "bucket", root / "up.log")
-    yield {"base": base, "root": root, "bucket": root / "bucket", "log": root / "serve.log"}
+    yield {"base": base, "root": root, "bucket": root / "bucket", "log": root / "serve.log", "tmp": root / "tmp"}
     stop(worker)
     serve.terminate()
     serve.wait(timeout=30)
@@ -244,6 +248,187 @@ def test_cancel_a_running_job_from_the_jobs_list(app, browser):
     browser.assert_same_origin(base)
 
 
+def fill(browser: Browser, values: dict[str, str]) -> None:
+    for element_id, value in values.items():
+        element = browser.driver.find_element(By.ID, element_id)
+        if element.tag_name == "select":
+            Select(element).select_by_value(value)
+        else:
+            element.clear()
+            element.send_keys(value)
+
+
+def stage_fraction(browser: Browser, stage: str) -> float | None:
+    return browser.driver.execute_script(
+        "const p = document.querySelector(`#stages li[data-stage='${arguments[0]}'] progress`);"
+        "return p === null ? null : p.value;", stage)
+
+
+def test_train_a_talking_avatar_from_an_upload_watch_it_learn_and_make_it_talk(app, browser, tmp_path):
+    """The issue's main journey, on real footage: upload (tiny wav2lip) → progress and loss chart move live →
+    the avatar appears in the gallery → a typed script becomes a talking video that plays with sound."""
+    from tests.real_media import looped_talking_video
+
+    base, driver = app["base"], browser.driver
+    video = looped_talking_video(tmp_path / "ann.mp4", clip="talking-2.mp4", seconds=32, side=320)
+    assert video.stat().st_size < UPLOAD_LIMIT
+    ensure_signed_in(browser, base)
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/new-avatar"]').click()
+    browser.wait(EC.element_to_be_clickable((By.ID, "avatar-id")))
+    fill(browser, {"avatar-id": "ann", "backend": "wav2lip"})
+    # the backend's own options show; the other backend's are hidden
+    assert driver.find_element(By.ID, "opt-wav2lip-width").is_displayed()
+    assert not driver.find_element(By.ID, "opt-lora_rank").is_displayed()
+    fill(browser, {"opt-epochs": "1", "opt-batch_size": "48", "opt-mixed_precision": "no",
+                   "opt-wav2lip-width": "0.125", "opt-wav2lip-expert_epochs": "2"})
+    driver.find_element(By.ID, "video-file").send_keys(str(video))
+    assert_labelled(browser)
+    browser.shot("new-avatar")
+    driver.find_element(By.CSS_SELECTOR, "#new-avatar button[type=submit]").click()
+    browser.wait(lambda d: "#/jobs/" in d.current_url, timeout=120)
+    job_id = driver.current_url.split("#/jobs/", 1)[1].split("?", 1)[0]
+    assert job_id.startswith("train-ann-")
+    uploaded = httpx.get(f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert uploaded["input"]["key"].startswith("inbox/")
+
+    # Watch: the train stage's bar advances and the chart gains points while it runs.
+    fractions, counts = [], []
+    def watch(d) -> bool:
+        fraction = stage_fraction(browser, "train")
+        if fraction is not None and (not fractions or fraction != fractions[-1]):
+            fractions.append(fraction)
+        count = len(d.find_elements(By.CSS_SELECTOR, "#loss svg circle.point"))
+        if count and (not counts or count != counts[-1]):
+            counts.append(count)
+            if len(counts) == 2:
+                browser.shot("train-live")
+        return d.find_elements(By.CSS_SELECTOR, "#job p > .s-succeeded, #job p > .s-failed") != []
+    browser.wait(watch, timeout=600)
+    assert driver.find_elements(By.CSS_SELECTOR, "#job p > .s-succeeded"), driver.find_element(By.ID, "job").text
+    running = [f for f in fractions if 0 < f < 1]
+    assert len(running) >= 3 and running == sorted(running), fractions
+    assert len(counts) >= 3 and counts == sorted(counts), counts  # points came in epoch by epoch, live
+    browser.wait(EC.visibility_of_element_located((By.ID, "deploy-status")))
+    assert "deployed from this job" in driver.find_element(By.ID, "deploy-status").text
+    browser.shot("train-done")
+
+    # The gallery has it, with its preview and lip-sync metrics.
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/avatars"]').click()
+    card = browser.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, '#avatars li[data-avatar="ann"]')))
+    assert "wav2lip" in card.text and "Lip-sync offset" in card.text
+    browser.wait(lambda d: d.execute_script(
+        "const v = document.querySelector('#avatars li[data-avatar=\"ann\"] video'); return v !== null && v.readyState >= 1;"))
+    browser.shot("avatars-trained")
+
+    # Make it talk: the card's link opens Create video with the avatar chosen.
+    card.find_element(By.LINK_TEXT, "Make it talk").click()
+    script = browser.wait(EC.element_to_be_clickable((By.ID, "script")))
+    assert driver.find_element(By.ID, "talking-part").is_displayed()
+    assert Select(driver.find_element(By.ID, "talking-avatar")).first_selected_option.get_attribute("value") == "ann"
+    script.send_keys("Hello from the web studio. This avatar learned to talk in a few minutes.")
+    assert "characters" in driver.find_element(By.ID, "script-count").text
+    assert_labelled(browser)
+    browser.shot("create-talking")
+    driver.find_element(By.CSS_SELECTOR, "#create button[type=submit]").click()
+    browser.wait(lambda d: "#/jobs/" in d.current_url and "train-" not in d.current_url)
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#job p > .s-succeeded")), timeout=300)
+    # It plays by itself once done (the page was opened by the submit), sound and all.
+    browser.wait(lambda d: d.execute_script(
+        "const v = document.getElementById('video');"
+        "return v !== null && !v.paused && v.currentTime > 0.2 && v.webkitAudioDecodedByteCount > 0;"), timeout=60)
+    browser.shot("talking-video")
+    browser.assert_same_origin(base)
+
+
+def test_an_oversized_upload_is_refused_with_a_clear_message_and_nothing_is_kept(app, browser, tmp_path):
+    base, driver = app["base"], browser.driver
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(UPLOAD_LIMIT + 1))
+    ensure_signed_in(browser, base)
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/new-avatar"]').click()
+    browser.wait(EC.element_to_be_clickable((By.ID, "avatar-id")))
+    fill(browser, {"avatar-id": "bigfoot"})
+    driver.find_element(By.ID, "video-file").send_keys(str(big))
+    message = browser.wait(EC.visibility_of_element_located((By.ID, "video-file-error"))).text
+    assert "8.0 MB" in message and "at most" in message, message
+    driver.find_element(By.CSS_SELECTOR, "#new-avatar button[type=submit]").click()
+    assert driver.find_element(By.ID, "video-file").get_attribute("aria-invalid") == "true"
+    assert "#/new-avatar" in driver.current_url
+    browser.shot("upload-too-large")
+    # The server refuses it too, as the body streams in (a client that skips the page's check): the page's
+    # upload code reports its answer, and nothing is kept, in the bucket or in the server's temp folder.
+    refused = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/studio/api.js').then(({ upload }) => {
+          const form = new FormData();
+          form.append('avatar', 'bigfoot');
+          form.append('video', new Blob([new Uint8Array(arguments[0])]), 'big.mp4');
+          return upload('/train', form, () => {});
+        }).then(() => done('accepted'), (err) => done([err.status, err.code, err.message]));""", UPLOAD_LIMIT + 1)
+    assert refused[0] in (413, 0) and refused[1] in ("payload_too_large", "upload_interrupted"), refused
+    assert not (app["bucket"] / "uploads" / "bigfoot").exists()
+    assert list(app["tmp"].iterdir()) == []
+    assert not [p for p in (app["bucket"] / "inbox").glob("*bigfoot*")]
+    browser.assert_same_origin(base)
+
+
+def test_invalid_fields_are_marked_inline_in_the_forms_and_the_brief_editor(app, browser):
+    base, driver = app["base"], browser.driver
+    ensure_signed_in(browser, base)
+    # New avatar: the schema's rules as you type.
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/new-avatar"]').click()
+    browser.wait(EC.element_to_be_clickable((By.ID, "avatar-id")))
+    fill(browser, {"avatar-id": "bad id!", "opt-epochs": "0"})
+    browser.wait(EC.visibility_of_element_located((By.ID, "avatar-id-error")))
+    assert driver.find_element(By.ID, "avatar-id").get_attribute("aria-invalid") == "true"
+    assert "less than 1" in browser.wait(EC.visibility_of_element_located((By.ID, "opt-epochs-error"))).text
+    fill(browser, {"opt-epochs": "2"})
+    browser.wait(EC.invisibility_of_element_located((By.ID, "opt-epochs-error")))
+    browser.shot("new-avatar-invalid")
+
+    # Brief editor: a schema error by line and field, a YAML error by line, the server's own rule by field.
+    driver.find_element(By.CSS_SELECTOR, 'nav a[href="#/editor"]').click()
+    editor = browser.wait(EC.element_to_be_clickable((By.ID, "brief-text")))
+    browser.wait(EC.visibility_of_element_located((By.ID, "brief-ok")))
+    editor.clear()
+    editor.send_keys("kind: train\navatar: ann\nvideo: uploads/ann/ann.mp4\nepochs: 0\nwav2lip:\n  width: 7\n")
+    errors = browser.wait(EC.visibility_of_element_located((By.ID, "brief-errors")))
+    browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#brief-errors li")) == 2)
+    items = {li.get_attribute("data-path"): li for li in errors.find_elements(By.TAG_NAME, "li")}
+    assert set(items) == {"epochs", "wav2lip.width"}
+    assert items["epochs"].get_attribute("data-line") == "4" and "less than 1" in items["epochs"].text
+    assert items["wav2lip.width"].get_attribute("data-line") == "6"
+    assert editor.get_attribute("aria-invalid") == "true"
+    driver.execute_script("document.getElementById('brief-errors').scrollIntoView({block: 'center'})")
+    browser.shot("brief-editor-invalid")
+    driver.find_element(By.CSS_SELECTOR, "#brief-editor button[type=submit]").click()
+    assert "#/editor" in driver.current_url  # nothing was sent
+    editor.clear()
+    editor.send_keys("prompt: [unclosed\n")
+    browser.wait(lambda d: "not valid YAML" in d.find_element(By.ID, "brief-errors").text)
+    # Both a script and a recording: the schema allows each, the server's rule refuses the pair.
+    editor.clear()
+    editor.send_keys("avatar: ann\nscript: Hello\naudio: uploads/ann/speech.wav\n")
+    browser.wait(EC.visibility_of_element_located((By.ID, "brief-ok")))
+    driver.find_element(By.CSS_SELECTOR, "#brief-editor button[type=submit]").click()
+    browser.wait(lambda d: "not both" in d.find_element(By.ID, "brief-errors").text)
+    assert "#/editor" in driver.current_url
+    assert_labelled(browser)
+    browser.shot("brief-editor-server-error")
+
+    # And a valid one goes through, YAML as written, to its job page.
+    editor.clear()
+    editor.send_keys("# from the editor\nprompt: A red kite over a field\nmodel: tiny\nwidth: 64\nheight: 48\n"
+                     "duration_s: 0.5\npreset: fast\n")
+    browser.wait(EC.visibility_of_element_located((By.ID, "brief-ok")))
+    fill(browser, {"brief-name": "kite"})
+    driver.find_element(By.CSS_SELECTOR, "#brief-editor button[type=submit]").click()
+    browser.wait(lambda d: "#/jobs/kite-" in d.current_url)
+    assert (app["bucket"] / "inbox" / "kite.yaml").read_text().startswith("# from the editor\n")
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#job p > .s-succeeded")), timeout=120)
+    browser.assert_same_origin(base)
+
+
 def test_a_train_jobs_loss_chart_gains_points_live(app, browser, tmp_path):
     """A second server (no worker) on a bucket holding a running train job's manifest, written by hand."""
     job_id = "avatar-0123456789abcdef"
@@ -389,6 +574,56 @@ def test_phone_layout_and_sign_out(app, browser):
     finally:
         driver.set_window_size(1280, 800)
     browser.assert_same_origin(base)
+
+
+AXE = Path(__file__).resolve().parent.parent / "scripts" / "studio-vendor" / "node_modules" / "axe-core" / "axe.min.js"
+AXE_RUN = """const done = arguments[arguments.length - 1];
+axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})
+  .then((r) => done(r.violations.map((v) => [v.id, v.help, v.nodes.slice(0, 3).map((n) => n.target.join(' '))])),
+        (e) => done([['axe-error', String(e), []]]));"""
+
+
+def axe_violations(browser: Browser) -> list:
+    """axe-core's WCAG 2.1 A and AA rules (contrast, labels, names, landmarks…) on the page as it is now."""
+    assert AXE.is_file(), "run scripts/setup.sh (npm ci brings axe-core for this test)"
+    if not browser.driver.execute_script("return typeof axe !== 'undefined'"):
+        browser.driver.execute_script(AXE.read_text())  # through the driver: the page's CSP never lets it in
+    return browser.driver.execute_async_script(AXE_RUN)
+
+
+def test_every_page_meets_wcag_aa_at_desktop_and_phone_sizes(app, browser):
+    base, driver = app["base"], browser.driver
+    ensure_signed_in(browser, base)
+    jobs = httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert jobs, "the journeys above made jobs"
+    pages = {"jobs": ("#/jobs", "jobs"), "job": (f"#/jobs/{jobs[0]['job_id']}", "stages"),
+             "avatars": ("#/avatars", "avatars"), "new-avatar": ("#/new-avatar", "avatar-id"),
+             "create": ("#/new", "prompt"), "editor": ("#/editor", "brief-text")}
+    found = {}
+    try:
+        for width, height in ((1280, 800), (390, 844)):
+            driver.set_window_size(width, height)
+            for name, (route, ready) in pages.items():
+                driver.get(f"{base}/{route}")
+                browser.wait(EC.presence_of_element_located((By.ID, ready)))
+                if name == "create":  # both halves of the form
+                    found[f"{name}-prompt@{width}"] = axe_violations(browser)
+                    driver.find_element(By.CSS_SELECTOR, '#mode input[value="talking"]').click()
+                if name == "editor":  # with its error list showing
+                    editor = driver.find_element(By.ID, "brief-text")
+                    editor.clear()
+                    editor.send_keys("epochs: 0\n")
+                    browser.wait(EC.visibility_of_element_located((By.ID, "brief-errors")))
+                overflow = driver.execute_script("return document.documentElement.scrollWidth")
+                assert overflow <= width + 1, f"{name} scrolls sideways at {width} px ({overflow} px)"
+                found[f"{name}@{width}"] = axe_violations(browser)
+            browser.shot(f"editor-{width}")
+        driver.find_element(By.ID, "sign-out").click()
+        browser.wait(EC.visibility_of_element_located((By.ID, "token")))
+        found["sign-in"] = axe_violations(browser)
+    finally:
+        driver.set_window_size(1280, 800)
+    assert {page: v for page, v in found.items() if v} == {}
 
 
 def test_the_first_page_is_small_and_every_asset_is_in_the_package(app):

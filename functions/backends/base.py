@@ -105,7 +105,7 @@ class AvatarBackend(ABC):
         """What the train job's last stage renders with the new avatar (`avatar_key`: its manifest): a talking
         avatar says PREVIEW_SENTENCE; another renders a short square clip of its preview prompt."""
         if self.talks:
-            speech = prepare_speech(ctx, script=PREVIEW_SENTENCE, name="preview_speech.wav")
+            speech = prepare_speech(ctx, script=PREVIEW_SENTENCE, name="preview_speech.wav", at=0.96)
             return talking_plan(self.name, avatar, avatar_key=avatar_key, speech=speech, seed=brief.seed)
         size = min(brief.resolution, PREVIEW_MAX_SIDE)
         preview = RenderBrief(prompt=self.preview_prompt(brief, avatar), preset="fast", model=avatar.base_model,

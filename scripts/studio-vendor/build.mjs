@@ -8,7 +8,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "..", "..", "triggers", "studio", "static", "vendor");
+// STUDIO_VENDOR_OUT: build elsewhere (the test that compares a fresh build with the checked-in files).
+const out = process.env.STUDIO_VENDOR_OUT ?? join(here, "..", "..", "triggers", "studio", "static", "vendor");
 mkdirSync(out, { recursive: true });
 
 // name → [what the module exports, the npm package it comes from]

@@ -52,7 +52,7 @@ async def _jobs_events(service: JobsService) -> AsyncIterator[ServerSentEvent]:
     last = None
     deadline = asyncio.get_running_loop().time() + LIVE_LIFETIME_S
     while asyncio.get_running_loop().time() < deadline:
-        summaries = await run_in_threadpool(service.summaries, None, None, 200)
+        summaries = await run_in_threadpool(lambda: service.summaries(None, None, 200, live=True))
         data = json.dumps([s.model_dump(mode="json") for s in summaries])
         if data != last:
             last = data

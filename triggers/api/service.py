@@ -21,6 +21,7 @@ from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest, JobStatus
 from triggers.api.errors import HttpError
+from triggers.api.live import LiveManifests
 from triggers.api.params import VIDEO_SUFFIXES
 from triggers.api.uploads import UploadedForm
 
@@ -32,6 +33,7 @@ class JobsService:
         self.runner = runner
         self.storage: Storage = runner.storage
         self.avatars = AvatarRegistry(runner.storage)
+        self.live = LiveManifests(runner.store)
 
     # -- inputs
     def check_brief_refs(self, brief: RenderBrief | TrainBrief) -> None:
@@ -120,9 +122,10 @@ class JobsService:
             raise HttpError(404, "job_not_found", f"no job {job_id!r}")
         return manifest
 
-    def summaries(self, status: JobStatus | None, kind: str | None, limit: int) -> list[JobSummary]:
-        manifests = [m for m in self.runner.store.all()
-                     if (status is None or m.status == status) and (kind is None or m.kind == kind)]
+    def summaries(self, status: JobStatus | None, kind: str | None, limit: int, *, live: bool = False) -> list[JobSummary]:
+        """Jobs newest first; `live`: from the snapshot every live page shares (at most half a second old)."""
+        source = self.live.manifests() if live else self.runner.store.all()
+        manifests = [m for m in source if (status is None or m.status == status) and (kind is None or m.kind == kind)]
         manifests.sort(key=lambda m: m.created_at, reverse=True)
         return [JobSummary(job_id=m.job_id, kind=m.kind, status=m.status.value, stage=m.current_stage(),
                            input_key=m.input.key, created_at=m.created_at, updated_at=m.updated_at, error=m.error,

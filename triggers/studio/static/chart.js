@@ -35,8 +35,8 @@ export function lossChart(series, { width = 640, height = 260 } = {}) {
   const x = (i) => pad.left + (maxLen === 1 ? 0.5 : i / (maxLen - 1)) * (width - pad.left - pad.right);
   const y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * (height - pad.top - pad.bottom);
   const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart",
-    "aria-label": `Loss per epoch: ${series.map((s) => s.name).join(", ")}` });
-  svg.append(el("title", {}, "Loss per epoch"));
+    "aria-label": `Training curves per epoch: ${series.map((s) => s.name).join(", ")}` });
+  svg.append(el("title", {}, "Training curves per epoch"));
   for (const t of [lo, (lo + hi) / 2, hi]) {
     svg.append(el("line", { x1: pad.left, x2: width - pad.right, y1: y(t), y2: y(t), class: "grid" }));
     svg.append(el("text", { x: pad.left - 6, y: y(t) + 4, "text-anchor": "end", class: "tick" }, t.toPrecision(3)));

@@ -17,7 +17,7 @@ export function createPage() {
   }, (err) => { if (live) show("Create video", fail(err)); });
 
   const build = (info, schemas, avatars) => {
-    const summary = h("ul", { id: "create-errors", class: "error summary", role: "alert", tabindex: "-1", hidden: true });
+    const summary = h("ul", { id: "create-errors", class: "error summary", "aria-live": "polite", tabindex: "-1", hidden: true });
     const form = new BriefForm(schemas, "RenderBrief", summary).base({ kind: "render" });
     const talkers = avatars.filter((a) => a.talks);
     const painters = avatars.filter((a) => !a.talks);

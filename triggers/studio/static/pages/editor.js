@@ -38,7 +38,7 @@ export function lineOf(text, path) {
 
 export function editorPage() {
   markNav("editor");
-  const editor = h("textarea", { id: "brief-text", name: "brief", rows: "16", spellcheck: "false", class: "code",
+  const editor = h("textarea", { id: "brief-text", name: "brief", rows: "10", spellcheck: "false", class: "code",
     autocomplete: "off", "aria-describedby": "brief-help brief-errors" }, STARTERS.prompt);
   const starter = h("select", { id: "starter", name: "starter" },
     h("option", { value: "" }, "keep what is written"),
@@ -46,7 +46,7 @@ export function editorPage() {
     h("option", { value: "talking" }, "a talking avatar's script"),
     h("option", { value: "train" }, "train an avatar"));
   const name = h("input", { id: "brief-name", name: "name", autocomplete: "off", placeholder: "made from the brief" });
-  const errors = h("ul", { id: "brief-errors", class: "error summary", role: "alert", hidden: true });
+  const errors = h("ul", { id: "brief-errors", class: "error summary", "aria-live": "polite", hidden: true });
   const okNote = h("p", { id: "brief-ok", class: "ok", role: "status", hidden: true }, "The brief is valid.");
   const submit = h("button", { type: "submit" }, "Submit brief");
   const form = h("form", { id: "brief-editor", class: "card", novalidate: true },

@@ -63,7 +63,7 @@ function timeline(m) {
 function trainChart(m) {
   if (m.kind !== "train" || !m.stages.train) return null;
   const series = lossSeries(m.stages.train.metrics);
-  return h("section", { id: "loss" }, h("h2", {}, "Loss"),
+  return h("section", { id: "loss" }, h("h2", {}, "Training curves"),
     series.length ? lossChart(series) : h("p", { class: "muted" }, "No loss values yet."));
 }
 

@@ -19,7 +19,7 @@ export function newAvatarPage() {
     (err) => { if (live) show("New avatar", fail(err)); });
   const build = (info, schemas) => {
     const train = schemas.TrainBrief;
-    const summary = h("ul", { id: "new-avatar-errors", class: "error summary", role: "alert", tabindex: "-1", hidden: true });
+    const summary = h("ul", { id: "new-avatar-errors", class: "error summary", "aria-live": "polite", tabindex: "-1", hidden: true });
     const form = new BriefForm(schemas, "TrainBrief", summary).base({ kind: "train", video: "uploads/training.mp4" });
 
     const avatar = form.bind("avatar", h("input", { id: "avatar-id", name: "avatar", required: true, autocomplete: "off",
