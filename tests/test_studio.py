@@ -310,6 +310,9 @@ def test_train_a_talking_avatar_from_an_upload_watch_it_learn_and_make_it_talk(a
     assert len(counts) >= 3 and counts == sorted(counts), counts  # points came in epoch by epoch, live
     browser.wait(EC.visibility_of_element_located((By.ID, "deploy-status")))
     assert "deployed from this job" in driver.find_element(By.ID, "deploy-status").text
+    splits = driver.find_element(By.ID, "splits").text
+    assert all(name in splits for name in ("train", "val", "test")), splits
+    assert driver.find_element(By.CSS_SELECTOR, "img.sheet").get_attribute("src").endswith("/outputs/contact_sheet")
     browser.shot("train-done")
 
     # The gallery has it, with its preview and lip-sync metrics.
@@ -337,6 +340,24 @@ def test_train_a_talking_avatar_from_an_upload_watch_it_learn_and_make_it_talk(a
         "const v = document.getElementById('video');"
         "return v !== null && !v.paused && v.currentTime > 0.2 && v.webkitAudioDecodedByteCount > 0;"), timeout=60)
     browser.shot("talking-video")
+
+    # Or an uploaded recording (3 s of real speech), through POST /briefs/speech with its progress bar.
+    import subprocess
+
+    from tests.real_media import media_file
+
+    take = tmp_path / "take.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(media_file("speech-en.wav")), "-t", "3", str(take)], check=True)
+    driver.get(f"{base}/#/new?avatar=ann")
+    browser.wait(EC.element_to_be_clickable((By.ID, "script")))
+    driver.find_element(By.CSS_SELECTOR, '#speech-source input[value="audio"]').click()
+    driver.find_element(By.ID, "audio-file").send_keys(str(take))
+    driver.find_element(By.CSS_SELECTOR, "#create button[type=submit]").click()
+    browser.wait(lambda d: "#/jobs/speech-ann-" in d.current_url)
+    browser.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#job p > .s-succeeded")), timeout=300)
+    browser.wait(lambda d: d.execute_script(
+        "const v = document.getElementById('video'); return v !== null && !v.paused && v.currentTime > 0.2;"), timeout=60)
+    assert list((app["bucket"] / "uploads" / "ann" / "speech").iterdir())
     browser.assert_same_origin(base)
 
 
@@ -460,8 +481,17 @@ def test_a_train_jobs_loss_chart_gains_points_live(app, browser, tmp_path):
         later["stages"]["train"]["metrics"]["train_loss"].append(0.5)
         later["stages"]["train"]["metrics"]["val_loss"].append(0.6)
         later["stages"]["train"]["progress"]["fraction"] = 0.8
+        # The legend switches a series off (its two points go), and it stays off as new points arrive.
+        toggle = browser.driver.find_element(By.CSS_SELECTOR, '#loss button[data-series="expert val loss"]')
+        assert toggle.get_attribute("aria-pressed") == "true"
+        toggle.click()
+        browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, points)) == 5)
         path.with_suffix(".tmp").write_text(json.dumps(later))
         path.with_suffix(".tmp").replace(path)
+        browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, points)) == 7)
+        toggle = browser.driver.find_element(By.CSS_SELECTOR, '#loss button[data-series="expert val loss"]')
+        assert toggle.get_attribute("aria-pressed") == "false"
+        toggle.send_keys(" ")  # from the keyboard too
         browser.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, points)) == 9)
         browser.shot("train-loss-chart-later")
         browser.assert_same_origin(base)
@@ -516,7 +546,11 @@ def test_the_avatars_gallery_shows_metrics_and_a_preview_and_deletes(browser, tm
     """A second server (no worker) on a bucket holding a deployed talking avatar and its train job, by hand."""
     import subprocess
 
+    from core.settings import Settings
+    from functions.presets import resolve_render_plan
     from schemas.avatar import AvatarManifest
+    from schemas.brief import RenderBrief
+    from schemas.handoff import TrainOutput
 
     job_id = "ann-0123456789abcdef"
     bucket = tmp_path / "bucket"
@@ -534,6 +568,19 @@ def test_the_avatars_gallery_shows_metrics_and_a_preview_and_deletes(browser, tm
                             metrics={"quality_score": 73, "lip_sync_test": {"offset_frames": 0, "min_dist": 6.1,
                                                                              "confidence": 4.2}})
     (bucket / "avatars" / "ann" / "manifest.json").write_text(avatar.model_dump_json())
+    # bob: trained by a `deploy: false` brief, so it waits for the Deploy button.
+    bob_job, prefix = "bob-0123456789abcdef", "jobs/bob-0123456789abcdef/train/"
+    (bucket / prefix).mkdir(parents=True)
+    (bucket / prefix / "lora.safetensors").write_bytes(b"weights")
+    (bucket / prefix / "avatar.json").write_text(AvatarManifest(
+        avatar_id="bob", job_id=bob_job, base_model="tiny", trigger_token="<bob>", lora_key=prefix + "lora.safetensors",
+        weights_key=prefix + "lora.safetensors", lora_rank=4, lora_alpha=4.0, target_modules="attn").model_dump_json())
+    handoff = TrainOutput(avatar_id="bob", avatar_key=prefix + "avatar.json", weights_key=prefix + "lora.safetensors",
+                          deployed=False, preview=resolve_render_plan(RenderBrief(prompt="<bob>", model="tiny"), Settings()))
+    bob = json.loads(JobManifest(job_id=bob_job, kind="train", status="succeeded", input=InputRecord(key="inbox/bob.yaml"),
+                                 versions=Versions(videostudio="0", python="3")).model_dump_json())
+    bob["stages"] = {"train": {"status": "succeeded", "attempts": 1, "handoff": handoff.model_dump(mode="json")}}
+    (bucket / "jobs" / bob_job / "manifest.json").write_text(json.dumps(bob))
     env = {**os.environ, "VIDEOSTUDIO_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     serve, base = start_serve(tmp_path, tmp_path / "serve.log", env, timeout_s=90)
     try:
@@ -545,12 +592,22 @@ def test_the_avatars_gallery_shows_metrics_and_a_preview_and_deletes(browser, tm
             "const v = document.querySelector('#avatars video'); return v !== null && v.readyState >= 1;"))
         assert_labelled(browser)
         browser.shot("avatars")
+        waiting = browser.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, '#undeployed li[data-undeployed="bob"]')))
+        waiting.find_element(By.CSS_SELECTOR, 'button[data-action="deploy"]').click()
+        browser.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, '#avatars li[data-avatar="bob"]')))
+        assert (bucket / "avatars" / "bob" / "manifest.json").exists()
+        assert not browser.driver.find_elements(By.CSS_SELECTOR, '#undeployed li[data-undeployed="bob"]')
+        browser.driver.get(f"{base}/#/jobs/{bob_job}")
+        assert "deployed from this job" in browser.wait(EC.visibility_of_element_located((By.ID, "deploy-status"))).text
+        assert not browser.driver.find_elements(By.ID, "deploy")
+        browser.driver.get(f"{base}/#/avatars")
+        card = browser.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, '#avatars li[data-avatar="ann"]')))
         card.find_element(By.CSS_SELECTOR, 'button[data-action="delete"]').click()
         browser.wait(EC.alert_is_present()).dismiss()  # "no": nothing happens
         assert (bucket / "avatars" / "ann" / "manifest.json").exists()
         card.find_element(By.CSS_SELECTOR, 'button[data-action="delete"]').click()
         browser.wait(EC.alert_is_present()).accept()
-        browser.wait(EC.visibility_of_element_located((By.ID, "avatars-empty")))
+        browser.wait(EC.invisibility_of_element_located((By.CSS_SELECTOR, '#avatars li[data-avatar="ann"]')))
         assert not (bucket / "avatars" / "ann" / "manifest.json").exists()
         browser.assert_same_origin(base)
     finally:

@@ -11,20 +11,23 @@ export function jobPage(jobId, { play = false } = {}) {
   let lastOutputs = "";
   const media = h("div", { id: "outputs" });
   const avatarBox = h("section", { id: "job-avatar", hidden: true });
+  const hiddenSeries = new Set();
   let avatarShownFor = null;
   const draw = (m) => {
     const outputs = JSON.stringify(m.outputs);
-    if (outputs !== lastOutputs) { lastOutputs = outputs; drawOutputs(m, media, play); }
+    const shown = outputs + JSON.stringify(m.stages.align?.metrics?.splits ?? null);
+    if (shown !== lastOutputs) { lastOutputs = shown; drawOutputs(m, media, play); }
     const trained = m.kind === "train" && m.stages.train?.status === "succeeded" ? m.stages.train.handoff : null;
     if (trained && avatarShownFor !== m.job_id) { avatarShownFor = m.job_id;
       drawAvatar(m, trained, avatarBox).catch((err) => { avatarBox.replaceChildren(fail(err)); avatarBox.hidden = false; });
     }
     const open = new Set([...box.querySelectorAll("#stages > li > details[open]")].map((d) => d.parentElement.dataset.stage));
+    const focused = focusKey(box);
     box.replaceChildren(...[
       h("p", {}, statusBadge(m.status), ` ${m.kind} · created ${fmtAge(m.created_at)} ago`),
       m.error ? h("div", { class: "error", role: "alert", id: "job-error" },
         h("strong", {}, m.error.code), `: ${m.error.message}`) : null,
-      trainChart(m),
+      trainChart(m, hiddenSeries),
       h("section", {}, h("h2", {}, "Outputs"), media),
       avatarBox,
       h("section", {}, h("h2", {}, "Stages"), timeline(m)),
@@ -32,6 +35,7 @@ export function jobPage(jobId, { play = false } = {}) {
         h("ul", { id: "warnings" }, m.warnings.map((w) => h("li", {}, w)))) : null,
       webhooks(m)].filter(Boolean));
     for (const name of open) box.querySelector(`#stages > li[data-stage="${CSS.escape(name)}"] > details`)?.setAttribute("open", "");
+    if (focused) box.querySelector(focused)?.focus({ preventScroll: true });  // a redraw must not drop the keyboard's place
   };
   return stream(`/jobs/${encodeURIComponent(jobId)}/events`, "manifest", draw, (source) => {
     if (box.textContent === "Loading…") {  // the stream never opened: say why
@@ -41,6 +45,17 @@ export function jobPage(jobId, { play = false } = {}) {
     // The stream ends once the job is finished; don't reconnect to it then.
     return source.readyState === EventSource.CLOSED || box.querySelector("p > .s-succeeded, p > .s-failed, p > .s-cancelled") !== null;
   });
+}
+
+// A selector for the focused control inside `box` that finds its twin after a redraw, or null.
+function focusKey(box) {
+  const active = document.activeElement;
+  if (!active || !box.contains(active)) return null;
+  if (active.id) return `#${CSS.escape(active.id)}`;
+  if (active.dataset.series) return `button[data-series="${CSS.escape(active.dataset.series)}"]`;
+  const stage = active.closest("#stages > li")?.dataset.stage;
+  if (stage && active.tagName === "SUMMARY") return `#stages > li[data-stage="${CSS.escape(stage)}"] summary`;
+  return null;
 }
 
 function timeline(m) {
@@ -60,11 +75,18 @@ function timeline(m) {
   }));
 }
 
-function trainChart(m) {
+// The training curves; `hidden` (the series switched off in the legend) outlives each redraw.
+function trainChart(m, hidden) {
   if (m.kind !== "train" || !m.stages.train) return null;
   const series = lossSeries(m.stages.train.metrics);
-  return h("section", { id: "loss" }, h("h2", {}, "Training curves"),
-    series.length ? lossChart(series) : h("p", { class: "muted" }, "No loss values yet."));
+  const section = h("section", { id: "loss" }, h("h2", {}, "Training curves"));
+  const draw = (focusName) => {
+    section.replaceChildren(section.firstChild, series.length ? lossChart(series, { hidden, onToggle: draw })
+      : h("p", { class: "muted" }, "No loss values yet."));
+    if (typeof focusName === "string") section.querySelector(`button[data-series="${CSS.escape(focusName)}"]`)?.focus();
+  };
+  draw();
+  return section;
 }
 
 function drawOutputs(m, box, play) {
@@ -79,6 +101,12 @@ function drawOutputs(m, box, play) {
     h("figcaption", {}, "Poster")));
   if (m.outputs.contact_sheet) items.push(h("figure", {}, h("img", { src: url("contact_sheet"),
     alt: "Contact sheet of aligned faces", class: "sheet" }), h("figcaption", {}, "Contact sheet")));
+  const splits = m.stages.align?.metrics?.splits;
+  if (splits) {
+    items.push(h("figure", { id: "splits" }, h("table", {}, h("caption", {}, "Dataset split (aligned faces, by time)"),
+      h("thead", {}, h("tr", {}, Object.keys(splits).map((s) => h("th", { scope: "col" }, s)))),
+      h("tbody", {}, h("tr", {}, Object.values(splits).map((n) => h("td", {}, String(n))))))));
+  }
   box.replaceChildren(...(items.length ? items : [h("p", { class: "muted" }, "No outputs yet.")]));
 }
 
