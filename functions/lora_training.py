@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +59,16 @@ class TrainState:
 
 
 # --------------------------------------------------------------------------- model set-up
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, *, seed: int) -> None:
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, *, seed: int,
+             target_modules: str = TARGET_MODULES) -> None:
+    """A rank-`rank` LoRA on the Linear layers `target_modules` (a regex over module names) matches; the rest frozen."""
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from the seed, not the process's RNG
         torch.manual_seed(seed)
         transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
-                                           target_modules=TARGET_MODULES))
+                                           target_modules=target_modules))
     for parameter in transformer.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()  # LoRA weights train in fp32 even on a bf16 base
@@ -134,10 +136,29 @@ def sample_noise(latents: torch.Tensor, seed: int, index: int) -> tuple[torch.Te
 
 @dataclass(frozen=True)
 class TextCondition:
-    """The caption's text-encoder output, computed once: every clip of an avatar shares one caption."""
+    """The caption's text-encoder output, computed once: every clip of an avatar shares one caption (Mochi)."""
 
     embeds: torch.Tensor
     mask: torch.Tensor
+
+    def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, clips: torch.Tensor,
+                device: str, dtype: torch.dtype) -> torch.Tensor:
+        batch = noisy.shape[0]
+        return transformer(
+            hidden_states=noisy.to(dtype),
+            encoder_hidden_states=self.embeds.expand(batch, -1, -1).to(device=device, dtype=dtype),
+            encoder_attention_mask=self.mask.expand(batch, -1).to(device),
+            timestep=timestep.to(dtype),
+            return_dict=False,
+        )[0]
+
+
+class Conditioning(Protocol):
+    """What the transformer sees besides the noisy latents: a caption (Mochi), or per clip a reference image,
+    audio windows… (InfiniteTalk). `clips` are the batch's indices into the latents the loop was given."""
+
+    def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, clips: torch.Tensor,
+                device: str, dtype: torch.dtype) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -150,26 +171,21 @@ class Precision:
 
 
 def flow_matching_loss(transformer, latents: torch.Tensor, *, noise: torch.Tensor, sigma: torch.Tensor,
-                       text: TextCondition, precision: Precision) -> torch.Tensor:
+                       text: Conditioning, precision: Precision, clips: torch.Tensor | None = None) -> torch.Tensor:
     device, dtype = precision.device, precision.dtype
     latents, noise, sigma = latents.to(device), noise.to(device), sigma.to(device)
     s = sigma.view(-1, 1, 1, 1, 1)
     noisy = (1.0 - s) * latents + s * noise
     target = noise - latents
-    batch = latents.shape[0]
+    if clips is None:
+        clips = torch.arange(latents.shape[0])
     with autocast_for(device, precision.mixed_precision):
-        prediction = transformer(
-            hidden_states=noisy.to(dtype),
-            encoder_hidden_states=text.embeds.expand(batch, -1, -1).to(device=device, dtype=dtype),
-            encoder_attention_mask=text.mask.expand(batch, -1).to(device),
-            timestep=(sigma * 1000.0).to(dtype),
-            return_dict=False,
-        )[0]
+        prediction = text.predict(transformer, noisy, sigma * 1000.0, clips, device, dtype)
     return F.mse_loss(prediction.float(), target.float())
 
 
 @torch.no_grad()
-def evaluate(transformer, latents: torch.Tensor, *, text: TextCondition, seed: int, batch_size: int,
+def evaluate(transformer, latents: torch.Tensor, *, text: Conditioning, seed: int, batch_size: int,
              precision: Precision) -> float | None:
     """Mean loss with noise and σ fixed per clip (same every call), so epochs are comparable."""
     if latents.shape[0] == 0:
@@ -180,7 +196,8 @@ def evaluate(transformer, latents: torch.Tensor, *, text: TextCondition, seed: i
     for start in range(0, latents.shape[0], batch_size):
         chunk = latents[start:start + batch_size]
         sigma, noise = sample_noise(chunk, seed + EVAL_SEED_OFFSET, start)
-        loss = flow_matching_loss(transformer, chunk, noise=noise, sigma=sigma, text=text, precision=precision)
+        loss = flow_matching_loss(transformer, chunk, noise=noise, sigma=sigma, text=text, precision=precision,
+                                  clips=torch.arange(start, start + chunk.shape[0]))
         total += loss.item() * chunk.shape[0]
     transformer.train(was_training)
     return total / latents.shape[0]
@@ -228,9 +245,11 @@ def steps_per_epoch(num_clips: int, config: TrainConfig) -> int:
     return math.ceil(micro / config.grad_accumulation)
 
 
-def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Tensor, *, text: TextCondition,
+def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Tensor, *, text: Conditioning,
                  config: TrainConfig, precision: Precision, resume: bytes | None = None,
-                 hooks: LoopHooks | None = None) -> tuple[TrainState, str]:
+                 hooks: LoopHooks | None = None, val_text: Conditioning | None = None) -> tuple[TrainState, str]:
+    """`text` conditions the training latents; `val_text` the validation ones when they differ per clip
+    (InfiniteTalk's audio and reference; a shared caption serves both)."""
     params = lora_parameters(transformer)
     optimizer, optimizer_name = make_optimizer(params, config)
     total_steps = steps_per_epoch(train_latents.shape[0], config) * config.epochs
@@ -241,6 +260,7 @@ def run_training(transformer, train_latents: torch.Tensor, val_latents: torch.Te
     fp16 = config.mixed_precision == "fp16" and precision.device == "cuda"
     state = restore_checkpoint(resume, transformer, optimizer, scheduler) if resume else TrainState()
     loop = _TrainingLoop(transformer=transformer, train_latents=train_latents, val_latents=val_latents, text=text,
+                         val_text=val_text or text,
                          config=config, precision=precision, optimizer=optimizer, scheduler=scheduler,
                          scaler=torch.amp.GradScaler("cuda") if fp16 else None, params=params,
                          total_steps=total_steps, hooks=hooks or LoopHooks())
@@ -256,7 +276,8 @@ class _TrainingLoop:
     transformer: torch.nn.Module
     train_latents: torch.Tensor
     val_latents: torch.Tensor
-    text: TextCondition
+    text: Conditioning
+    val_text: Conditioning
     config: TrainConfig
     precision: Precision
     optimizer: torch.optim.Optimizer
@@ -296,10 +317,11 @@ class _TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in group:
-            latents = self.train_latents[order[micro * config.batch_size:(micro + 1) * config.batch_size]]
+            clips = order[micro * config.batch_size:(micro + 1) * config.batch_size]
+            latents = self.train_latents[clips]
             sigma, noise = sample_noise(latents, config.seed, state.epoch * self.micro_per_epoch + micro)
             loss = flow_matching_loss(self.transformer, latents, noise=noise, sigma=sigma, text=self.text,
-                                      precision=self.precision)
+                                      precision=self.precision, clips=clips)
             scaled = loss / len(group)
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             step_loss += loss.item() / len(group)
@@ -321,7 +343,7 @@ class _TrainingLoop:
 
     def _end_epoch(self, state: TrainState) -> None:
         state.history["train_loss"].append(round(state.epoch_loss_sum / max(1, state.epoch_loss_count), 6))
-        val = evaluate(self.transformer, self.val_latents, text=self.text, seed=self.config.seed,
+        val = evaluate(self.transformer, self.val_latents, text=self.val_text, seed=self.config.seed,
                        batch_size=self.config.batch_size, precision=self.precision)
         state.history["val_loss"].append(None if val is None else round(val, 6))
         state.epoch += 1

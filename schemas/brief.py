@@ -206,6 +206,64 @@ class Wav2LipOptions(BaseModel):
         "BatchNorm on running statistics (fine-tuning public checkpoints on little data)."))
 
 
+class InfiniteTalkOptions(BaseModel):
+    """`backend: infinitetalk` only: which weights it builds on, how its LoRA trains, and how it renders (the
+    brief's epochs, batch_size, grad_accumulation, mixed_precision, checkpoint_every and max_steps apply)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(default="Wan-AI/Wan2.1-I2V-14B-480P", description=(
+        "The Wan2.1-I2V-14B-480P transformer in the original Wan format (a local folder or file, or a hub id), "
+        "or `tiny` (random tiny weights of the same classes, offline: the output is noise)."))
+    weights: str = Field(default="MeiGen-AI/InfiniteTalk:single/infinitetalk.safetensors", description=(
+        "InfiniteTalk's audio weights, merged over the base (a local file or 'owner/repo:file'); loaded strictly."))
+    components: str = Field(default="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", description=(
+        "Where the VAE, the UMT5 text encoder and the CLIP image encoder come from (a diffusers-format folder or "
+        "hub id)."))
+    audio_encoder: str = Field(default="TencentGameMate/chinese-wav2vec2-base", description=(
+        "The wav2vec2 speech encoder (a local folder or hub id)."))
+    lora_rank: int = Field(default=16, ge=1, le=512)
+    lora_alpha: float | None = Field(default=None, gt=0, description="Default: the rank.")
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    clip_frames: int = Field(default=33, ge=5, le=81, description=(
+        "Frames per training clip (25 fps); snapped down to 4n+1, the Wan VAE's time grid."))
+    height: int | None = Field(default=None, ge=16, le=1280, multiple_of=16, description=(
+        "Frame height of training and renders; default: the 480p bucket for the video's shape (480×832 "
+        "landscape, 832×480 portrait, 640×640 square)."))
+    width: int | None = Field(default=None, ge=16, le=1280, multiple_of=16)
+    steps: int = Field(default=40, ge=1, le=200, description="Denoising steps per chunk of a render.")
+    text_guidance: float = Field(default=5.0, ge=1.0, le=20.0)
+    audio_guidance: float = Field(default=4.0, ge=1.0, le=20.0)
+    shift: float | None = Field(default=None, gt=0, le=50, description="Flow shift; default 7 at 480p, 11 at 720p.")
+    chunk_frames: int = Field(default=81, ge=5, le=161, description="Frames per chunk of a long render (4n+1).")
+    motion_frames: int = Field(default=9, ge=1, le=41, description=(
+        "Frames each chunk shares with the one before it (4m+1)."))
+    mode: Literal["image", "video"] = Field(default="image", description=(
+        "image: every chunk starts from the avatar's reference image; video: from its reference footage at that "
+        "chunk's time (sparse-frame dubbing: the person's own movement, re-lit and lip-synced)."))
+    colour_anchor: bool = Field(default=True, description=(
+        "Match each chunk's colour statistics to its reference (long videos drift in colour otherwise)."))
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward (less memory).")
+    prompt: str = Field(default="A person is talking, looking at the camera, natural head movement.", max_length=500)
+    negative_prompt: str = Field(default="blurry, distorted face, static, low quality, extra fingers", max_length=500)
+
+    @field_validator("clip_frames")
+    @classmethod
+    def _snap_clip(cls, value: int) -> int:
+        return value - (value - 1) % 4
+
+    @model_validator(mode="after")
+    def _frames_grid(self) -> InfiniteTalkOptions:
+        for name in ("chunk_frames", "motion_frames"):
+            if (getattr(self, name) - 1) % 4:
+                raise ValueError(f"{name} must be 4n+1 (the Wan VAE's time grid), got {getattr(self, name)}")
+        if self.motion_frames >= self.chunk_frames:
+            raise ValueError("motion_frames must be fewer than chunk_frames")
+        if (self.height is None) != (self.width is None):
+            raise ValueError("give both height and width, or neither")
+        return self
+
+
 class TrainBrief(_BriefBase):
     """A custom-avatar request: a video of one person becomes a LoRA."""
 
@@ -218,7 +276,8 @@ class TrainBrief(_BriefBase):
     extract_fps: float = Field(default=25, gt=0, le=60)
     backend: str = Field(default=DEFAULT_BACKEND, pattern=ID_PATTERN, description=(
         "The avatar backend that trains and renders the avatar (functions/backends): mochi-lora (a Mochi identity "
-        "LoRA; renders prompts) or wav2lip (a talking avatar; speaks scripts and recordings). "
+        "LoRA; renders prompts), wav2lip (a talking avatar on a CPU: moves the mouth) or infinitetalk (a talking avatar "
+        "on Wan 14B, GPU: moves head, face and body with the speech). "
         "An unknown one fails the job with `unknown_backend`."))
     epochs: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=4, ge=1, le=256)
@@ -239,6 +298,8 @@ class TrainBrief(_BriefBase):
     deploy: bool = Field(default=True, description="Deploy the avatar when training succeeds.")
     preview_steps: int = Field(default=30, ge=2, le=500, description="Denoising steps of the preview render.")
     wav2lip: Wav2LipOptions = Field(default_factory=Wav2LipOptions, description="backend: wav2lip's options.")
+    infinitetalk: InfiniteTalkOptions = Field(default_factory=InfiniteTalkOptions,
+                                              description="backend: infinitetalk's options.")
 
     @field_validator("video")
     @classmethod

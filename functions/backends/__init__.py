@@ -7,6 +7,7 @@ Adding a backend: write its module (an `AvatarBackend` subclass, see base.py) an
 from __future__ import annotations
 
 from functions.backends.base import AvatarBackend, DatasetPolicy, TrainedAvatar
+from functions.backends.infinitetalk import InfiniteTalkBackend
 from functions.backends.mochi_lora import MochiLoraBackend
 from functions.backends.wav2lip import Wav2LipBackend
 from schemas.errors import VideostudioError
@@ -34,5 +35,6 @@ def get_backend(name: str) -> AvatarBackend:
 
 register(MochiLoraBackend())
 register(Wav2LipBackend())
+register(InfiniteTalkBackend())
 
 __all__ = ["AvatarBackend", "BACKENDS", "DatasetPolicy", "TrainedAvatar", "get_backend", "register", "unregister"]

@@ -18,7 +18,6 @@ avatar's trigger token leads the prompt.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -29,11 +28,9 @@ from functions.backends.base import AvatarBackend, TrainedAvatar
 from functions.lora_dataset import Clip, build_clips, load_clip, load_face_records, longest_run, snap_down
 from functions.lora_training import (
     TARGET_MODULES,
-    LoopHooks,
     Precision,
     TextCondition,
     TrainConfig,
-    TrainState,
     add_lora,
     encode_caption,
     encode_video,
@@ -41,6 +38,7 @@ from functions.lora_training import (
     run_training,
     steps_per_epoch,
 )
+from functions.lora_stage import latest_checkpoint, lora_hooks, quality_score, rounded, run_metrics
 from functions.loss_curve import write_loss_curve
 from functions.models.mochi import LoadedPipeline, load_training_pipeline
 from functions.text_to_video import LoraWeights, render_text_to_video
@@ -51,25 +49,11 @@ from schemas.errors import VideostudioError
 from schemas.handoff import AlignOutput
 from schemas.plan import RenderPlan
 
-CHECKPOINTS = "checkpoints/"
-KEEP_CHECKPOINTS = 2
-FULL_MARKS_REDUCTION = 0.25
 CAPTION = "a video of {trigger} talking to the camera"
 
 
 def trigger_token(avatar_id: str) -> str:
     return f"vs_{avatar_id}"
-
-
-def quality_score(base_test_loss: float | None, test_loss: float | None) -> int | None:
-    if not base_test_loss or test_loss is None:
-        return None
-    reduction = (base_test_loss - test_loss) / base_test_loss
-    return round(100 * min(1.0, max(0.0, reduction / FULL_MARKS_REDUCTION)))
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 @dataclass
@@ -140,11 +124,11 @@ class MochiLoraBackend(AvatarBackend):
 
         base_test_loss = eval_loss(encoded.test)  # a fresh LoRA is an identity: this is the base model's loss
         base_train_loss = eval_loss(encoded.train)  # the same on the training clips: how far training moved them
-        resume = _latest_checkpoint(ctx)
+        resume = latest_checkpoint(ctx)
         clock = time.perf_counter()
         state, optimizer_name = run_training(
             loaded.pipe.transformer, encoded.train, encoded.val, text=encoded.text, config=config,
-            precision=precision, resume=resume, hooks=_hooks(ctx))
+            precision=precision, resume=resume, hooks=lora_hooks(ctx))
         train_s = time.perf_counter() - clock
 
         # held-out loss, quality, curve, export
@@ -157,11 +141,11 @@ class MochiLoraBackend(AvatarBackend):
         lora_key = _export_lora(ctx, loaded.pipe)
         metrics = {
             "train_loss": state.history["train_loss"], "val_loss": state.history["val_loss"],
-            "test_loss": _rounded(test_loss), "base_test_loss": _rounded(base_test_loss),
+            "test_loss": rounded(test_loss), "base_test_loss": rounded(base_test_loss),
             # Loss on the training clips with fixed noise, before and after: the overfitting check.
             "train_fixed_noise_loss": {"before": round(base_train_loss, 6), "after": round(train_fixed_loss, 6)},
             "quality_score": quality_score(base_test_loss, test_loss),
-            **_run_metrics(state, resume=resume is not None, train_s=train_s), "optimizer": optimizer_name,
+            **run_metrics(state, resume=resume is not None, train_s=train_s), "optimizer": optimizer_name,
             "mixed_precision": precision.mixed_precision, "clips": clips.counts(), "clip_frames": clips.clip_frames,
             "eval_frames": clips.eval_frames, "resolution": brief.resolution, "device": loaded.device,
         }
@@ -219,43 +203,6 @@ class MochiLoraBackend(AvatarBackend):
             raise VideostudioError("avatar_not_found", f"avatar {plan.avatar!r} is no longer deployed")
         path = ctx.storage.download(plan.weights_key, ctx.scratch / "avatar" / "lora.safetensors")
         return render_text_to_video(ctx, plan, lora=LoraWeights(path=path, strength=plan.avatar_strength))
-
-
-def _run_metrics(state: TrainState, *, resume: bool, train_s: float) -> dict:
-    return {"steps": state.global_step, "epochs_completed": state.epoch, "resumed": resume,
-            "steps_per_s": round(state.global_step / train_s, 4) if train_s and not resume else None,
-            "train_s": round(train_s, 3)}
-
-
-def _hooks(ctx: StageContext) -> LoopHooks:
-    """Progress and interim metrics into the manifest; checkpoints into the job's outputs."""
-
-    def on_step(state: TrainState, total: int, loss: float, steps_per_s: float) -> None:
-        remaining = total - state.global_step
-        ctx.progress(0.1 + 0.8 * state.global_step / total, "training", step=state.global_step, total=total)
-        ctx.update_metrics(step=state.global_step, total_steps=total, last_loss=round(loss, 6),
-                           steps_per_s=round(steps_per_s, 4),
-                           eta_s=round(remaining / steps_per_s, 1) if steps_per_s else None)
-
-    def on_epoch(state: TrainState) -> None:
-        ctx.update_metrics(epoch=state.epoch, train_loss=state.history["train_loss"], val_loss=state.history["val_loss"])
-
-    def save_checkpoint(step: int, data: bytes) -> None:
-        key = ctx.put_output_bytes(f"{CHECKPOINTS}step-{step:07d}.pt", data)
-        ctx.put_output_bytes(f"{CHECKPOINTS}latest.json", json.dumps({"step": step, "key": key}).encode())
-        for old in ctx.storage.list_keys(ctx.output_key(CHECKPOINTS))[:-KEEP_CHECKPOINTS - 1]:
-            if old.endswith(".pt"):
-                ctx.storage.delete(old)
-
-    return LoopHooks(on_step=on_step, on_epoch=on_epoch, save_checkpoint=save_checkpoint)
-
-
-def _latest_checkpoint(ctx: StageContext) -> bytes | None:
-    pointer = ctx.output_key(f"{CHECKPOINTS}latest.json")
-    if ctx.storage.stat(pointer) is None:
-        return None
-    key = json.loads(ctx.storage.get_bytes(pointer))["key"]
-    return ctx.storage.get_bytes(key)
 
 
 def _export_lora(ctx: StageContext, pipe) -> str:

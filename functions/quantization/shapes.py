@@ -61,6 +61,7 @@ class ComponentShape:
 
     params: int                     # floating-point parameters and buffers
     targets: tuple[LinearShape, ...]
+    unquantized_bytes: int = 2      # per parameter no method touches: bf16 (a VAE kept in fp32: 4)
 
     @classmethod
     def of(cls, module: nn.Module, targets: list[tuple[str, nn.Linear]]) -> ComponentShape:
@@ -73,8 +74,8 @@ class ComponentShape:
         return sum(t.elems for t in self.targets)
 
     def weight_bytes(self, method: str, *, int8_backend: str = "torchao") -> int:
-        """Bytes of this model's weights with `method` (non-target tensors stay bf16)."""
-        other = (self.params - self.target_elems) * 2
+        """Bytes of this model's weights with `method` (non-target tensors keep `unquantized_bytes`)."""
+        other = (self.params - self.target_elems) * self.unquantized_bytes
         return other + sum(linear_bytes(t, method, int8_backend=int8_backend) for t in self.targets)
 
     @property

@@ -1,0 +1,298 @@
+"""`backend: infinitetalk`: a talking avatar on InfiniteTalk (Wan2.1-I2V-14B + audio cross-attention).
+
+Where Wav2Lip regenerates a 96-px mouth, InfiniteTalk generates whole frames: head, face and body move
+with the speech, at 480p (or 720p), for any length (rendered in 81-frame chunks that overlap by 9 motion
+frames; `functions/infinitetalk_pipeline.py`).
+
+Train: a LoRA on the transformer's attention (self, cross and audio), learned with the flow-matching
+objective on clips of the person's own footage and speech (`functions/infinitetalk_dataset.py`), by the
+same loop, checkpoints, resume and loss curve as the mochi-lora backend (`functions/lora_training.py`).
+The avatar keeps a reference image (the sharpest frontal frame) for image-to-video renders and up to
+10 s of reference footage for video-to-video ones.
+
+Render: the speech's wav2vec2 features → chunked sampling with the avatar's LoRA → MP4 at 25 fps with the
+speech muxed, its frame count = round(speech duration × 25).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.device import pick_device
+from core.stage import StageContext, StageResult
+from core.video import mux_audio, write_mp4, write_poster
+from functions.align import fetch_video
+from functions.backends.base import AvatarBackend, DatasetPolicy, TrainedAvatar
+from functions.infinitetalk_audio import frame_windows, prepare_wave
+from functions.infinitetalk_chunks import plan_chunks
+from functions.infinitetalk_dataset import (
+    InfiniteTalkCondition,
+    clip_spans,
+    encode_clips,
+    read_frames,
+    reference_frame,
+    render_size,
+)
+from functions.infinitetalk_pipeline import DEFAULT_SHIFT_480P, DEFAULT_SHIFT_720P, Sampler, iter_talking
+from functions.lora_dataset import load_face_records
+from functions.lora_stage import latest_checkpoint, lora_hooks, quality_score, rounded, run_metrics
+from functions.lora_training import Precision, TrainConfig, add_lora, evaluate, run_training, steps_per_epoch
+from functions.loss_curve import write_loss_curve
+from functions.models.infinitetalk_loading import InfiniteTalkModels, fresh_transformer, load_models
+from functions.reference_footage import reference_segment
+from schemas.avatar import AvatarManifest
+from schemas.brief import InfiniteTalkOptions, TrainBrief
+from schemas.dataset import FrameRecord
+from schemas.errors import VideostudioError
+from schemas.handoff import AlignOutput, DatasetPrepared
+from schemas.plan import Plan, TalkingPlan
+
+FPS = 25
+# LoRA on every attention of every block: self-attention, the text/image cross-attention, the audio one.
+TARGET_MODULES = (r".*blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)"
+                  r"|.*blocks\.\d+\.audio_cross_attn\.(q_linear|kv_linear|proj)")
+LORA_FILE = "lora.safetensors"
+OPTIONS_FILE = "infinitetalk.json"
+REFERENCE_IMAGE = "reference.png"
+REFERENCE_FOOTAGE = "reference.mp4"
+MAX_FOOTAGE_S = 10.0
+ADAPTER = "avatar"
+
+
+class InfiniteTalkBackend(AvatarBackend):
+    name = "infinitetalk"
+    dataset = DatasetPolicy(fps=FPS, drop_duplicates=False, audio=True)
+    talks = True
+    summary = ("A talking avatar on InfiniteTalk (Wan 14B): head, face and body move with the speech, at 480p, "
+               "any length (a GPU with 24 GB or more; `tiny` runs on a CPU).")
+    brief_options = ("infinitetalk",)
+
+    # -------------------------------------------------------------------------------- train
+    def train(self, ctx: StageContext, *, brief: TrainBrief, dataset: AlignOutput) -> TrainedAvatar:
+        options = brief.infinitetalk
+        prepared = ctx.handoff(DatasetPrepared)
+        if prepared.audio is None:
+            raise VideostudioError("no_audio_stream", "the dataset has no audio track: prepare it for infinitetalk")
+        records = load_face_records(ctx.storage, dataset.metadata_key)
+        frame_records = [FrameRecord.model_validate_json(line)
+                         for line in ctx.storage.get_bytes(prepared.frames_key).splitlines() if line]
+        height, width = self._size(options, prepared)
+        spans = clip_spans(records, options.clip_frames)
+        if not spans["train"]:
+            raise VideostudioError("too_few_clips", f"no run of {options.clip_frames} consecutive frames with the "
+                                   "subject's face in the train split (a longer or steadier video helps)")
+        warnings: list[str] = []
+        device = pick_device(ctx.settings.device)
+        ctx.progress(0.0, f"loading {options.base_model}")
+        models = load_models(options, device=device)
+        sampler = Sampler(models.components, prompt=options.prompt, negative_prompt=options.negative_prompt,
+                          height=height, width=width, shift=self._shift(options, height, width))
+
+        # 1. the avatar's reference image and footage; 2. the clips, encoded once
+        video = fetch_video(ctx, prepared)
+        source = (prepared.video.width, prepared.video.height)
+        reference_index = reference_frame(records, frame_records)
+        segment = reference_segment(records, frames=frame_records, min_frames=options.clip_frames)
+        footage = [r.frame_index for r in segment.records][:int(MAX_FOOTAGE_S * FPS)]
+        wanted = {i for split in spans.values() for span in split for i in range(span.start, span.start + span.frames)}
+        ctx.progress(0.02, "reading frames")
+        frames = read_frames(video, wanted | set(footage) | {reference_index}, source_size=source, height=height,
+                             width=width)
+        assets = self._write_reference(ctx, frames, reference_index, footage)
+        ctx.progress(0.04, "encoding the speech")
+        wave = prepare_wave(ctx.storage.download(prepared.audio.key, ctx.scratch / "audio.wav"))
+        total_frames = max(frames) + 1 if frames else 1
+        features = models.speech.features(wave, frames=max(total_frames, round(len(wave) / 16000 * FPS)))
+        encoded = {}
+        shares = {"train": (0.05, 0.08), "val": (0.08, 0.09), "test": (0.09, 0.1)}
+        for split, (lo, hi) in shares.items():
+            encoded[split] = encode_clips(sampler, spans[split], frames, features, on_clip=lambda done, total, lo=lo, hi=hi:
+                                          ctx.progress(lo + (hi - lo) * done / total, "encoding clips"))
+        del frames
+        conditions = {s: InfiniteTalkCondition(text=sampler.text, encoded=e) for s, e in encoded.items()}
+
+        # 3. the LoRA, on a transformer of its own (the cached one keeps serving renders)
+        transformer = fresh_transformer(options, device=device)
+        mixed = brief.mixed_precision if device == "cuda" or brief.mixed_precision != "fp16" else "no"
+        if mixed != brief.mixed_precision:
+            warnings.append("fp16 mixed precision needs CUDA; trained in fp32 on the CPU")
+        precision = Precision(device=device, dtype=models.dtype, mixed_precision=mixed)
+        alpha = options.lora_alpha or float(options.lora_rank)
+        add_lora(transformer, options.lora_rank, alpha, seed=brief.seed, target_modules=TARGET_MODULES)
+        if options.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        config = TrainConfig(
+            epochs=brief.epochs, batch_size=brief.batch_size, learning_rate=options.learning_rate,
+            grad_accumulation=brief.grad_accumulation, mixed_precision=mixed, lora_rank=options.lora_rank,
+            lora_alpha=alpha, seed=brief.seed, checkpoint_every=brief.checkpoint_every, max_steps=brief.max_steps,
+            optimizer="auto" if device == "cuda" else "adamw")
+
+        def held_out(split: str) -> float | None:
+            e = encoded[split] if len(encoded[split]) else encoded["val"]
+            return evaluate(transformer, e.latents, text=conditions[split if len(encoded[split]) else "val"],
+                            seed=brief.seed, batch_size=brief.batch_size, precision=precision)
+
+        base_test = held_out("test")  # a fresh LoRA is an identity: the base model's held-out loss
+        resume = latest_checkpoint(ctx)
+        clock = time.perf_counter()
+        state, optimizer_name = run_training(
+            transformer, encoded["train"].latents, encoded["val"].latents, text=conditions["train"],
+            val_text=conditions["val"], config=config, precision=precision, resume=resume, hooks=lora_hooks(ctx))
+        train_s = time.perf_counter() - clock
+        ctx.progress(0.92, "evaluating")
+        test = held_out("test")
+        curve = write_loss_curve(state.history, steps_per_epoch(len(encoded["train"]), config),
+                                 ctx.scratch / "loss_curve.png",
+                                 title=f"avatar {brief.avatar}: InfiniteTalk LoRA rank {options.lora_rank}")
+        curve_key = ctx.put_output_file("loss_curve.png", curve, content_type="image/png")
+        lora_key = self._export_lora(ctx, transformer)
+        assets["options"] = ctx.put_output_bytes(OPTIONS_FILE, options.model_dump_json().encode(),
+                                                 content_type="application/json")
+        metrics: dict[str, Any] = {
+            "train_loss": state.history["train_loss"], "val_loss": state.history["val_loss"],
+            "test_loss": rounded(test), "base_test_loss": rounded(base_test),
+            "quality_score": quality_score(base_test, test),
+            **run_metrics(state, resume=resume is not None, train_s=train_s), "optimizer": optimizer_name,
+            "mixed_precision": mixed, "clips": {s: len(e) for s, e in encoded.items()},
+            "clip_frames": options.clip_frames, "size": [width, height], "device": device,
+            "reference_frame": reference_index, "reference_footage_frames": len(footage),
+            "random_weights": models.random_weights,
+        }
+        avatar = AvatarManifest(
+            avatar_id=brief.avatar, job_id=ctx.job_id, backend=self.name, base_model=options.base_model,
+            weights_key=lora_key, lora_key=lora_key, lora_rank=options.lora_rank, lora_alpha=alpha,
+            target_modules=TARGET_MODULES, assets=assets, talks=True,
+            dataset={**dataset.splits, "clips": metrics["clips"]},
+            metrics={k: metrics[k] for k in ("test_loss", "base_test_loss", "quality_score", "steps")})
+        outputs = {"lora": lora_key, "loss_curve": curve_key, **assets}
+        return TrainedAvatar(avatar=avatar, outputs=outputs, job_outputs={"lora": lora_key, "loss_curve": curve_key},
+                             metrics=metrics, warnings=warnings, model_id=options.base_model)
+
+    @staticmethod
+    def _size(options: InfiniteTalkOptions, prepared: DatasetPrepared) -> tuple[int, int]:
+        if options.height is not None and options.width is not None:
+            return options.height, options.width
+        return render_size(prepared.video.width, prepared.video.height)
+
+    @staticmethod
+    def _shift(options: InfiniteTalkOptions, height: int, width: int) -> float:
+        if options.shift is not None:
+            return options.shift
+        return DEFAULT_SHIFT_720P if min(height, width) >= 720 else DEFAULT_SHIFT_480P
+
+    @staticmethod
+    def _write_reference(ctx: StageContext, frames: dict[int, np.ndarray], reference_index: int,
+                         footage: list[int]) -> dict[str, str]:
+        image = ctx.scratch / REFERENCE_IMAGE
+        Image.fromarray(frames[reference_index]).save(image)
+        clip = write_mp4(np.stack([frames[i] for i in footage]), ctx.scratch / REFERENCE_FOOTAGE, fps=FPS, crf=12)
+        return {"reference_image": ctx.put_output_file(REFERENCE_IMAGE, image, content_type="image/png"),
+                "reference": ctx.put_output_file(REFERENCE_FOOTAGE, clip, content_type="video/mp4")}
+
+    @staticmethod
+    def _export_lora(ctx: StageContext, transformer) -> str:
+        folder = ctx.scratch / "lora"
+        transformer.save_lora_adapter(str(folder), adapter_name="default", weight_name=LORA_FILE)
+        return ctx.put_output_file(LORA_FILE, folder / LORA_FILE, content_type="application/octet-stream")
+
+    # -------------------------------------------------------------------------------- render
+    def render(self, ctx: StageContext, *, plan: Plan) -> StageResult:
+        if not isinstance(plan, TalkingPlan):
+            raise VideostudioError("missing_speech", f"backend {self.name} renders speech: the plan has none")
+        if ctx.storage.stat(plan.avatar_key) is None:
+            raise VideostudioError("avatar_not_found", f"avatar {plan.avatar!r} is no longer deployed")
+        avatar = AvatarManifest.model_validate_json(ctx.storage.get_bytes(plan.avatar_key))
+        local = self._fetch_avatar(ctx, avatar)
+        options = InfiniteTalkOptions.model_validate_json(local["options"].read_bytes())
+        reference = np.asarray(Image.open(local["reference_image"]).convert("RGB"))
+        height, width = reference.shape[:2]
+        device = pick_device(ctx.settings.device)
+        ctx.progress(0.0, f"loading {options.base_model}")
+        models = load_models(options, device=device)
+        wave = prepare_wave(ctx.storage.download(plan.speech.key, ctx.scratch / "speech.wav"))
+        features = models.speech.features(wave, frames=plan.num_frames)
+        source = reference if options.mode == "image" else self._footage(local["reference"])
+        chunks = plan_chunks(plan.num_frames, chunk_frames=options.chunk_frames, motion_frames=options.motion_frames)
+
+        def on_step(chunk, step: int, steps: int) -> None:
+            done = chunk.index * steps + step
+            ctx.progress(0.05 + 0.85 * done / (len(chunks) * steps), f"chunk {chunk.index + 1} of {len(chunks)}",
+                         step=done, total=len(chunks) * steps)
+
+        clock = time.perf_counter()
+        poster: list[np.ndarray] = []
+        silent = ctx.scratch / "video.mp4"
+        with self._lora(models, local["weights"], plan):
+            stream = iter_talking(
+                models.components, reference=source, total_frames=plan.num_frames,
+                audio_windows=lambda start, count: frame_windows(features, start, count),
+                prompt=options.prompt, negative_prompt=options.negative_prompt, height=height, width=width,
+                steps=options.steps, text_guidance=options.text_guidance, audio_guidance=options.audio_guidance,
+                shift=self._shift(options, height, width), seed=plan.seed, chunk_frames=options.chunk_frames,
+                motion_frames=options.motion_frames, on_step=on_step, colour_anchor=options.colour_anchor)
+
+            def frames():
+                for chunk, block in stream:
+                    for n, frame in enumerate(block):
+                        if chunk.new_start + n == plan.num_frames // 3:
+                            poster.append(frame)
+                        yield frame
+
+            write_mp4(frames(), silent, fps=plan.fps)
+        render_s = time.perf_counter() - clock
+        ctx.progress(0.92, "muxing the speech")
+        speech = ctx.storage.download(plan.speech.key, ctx.scratch / "speech.wav")
+        video_key = ctx.put_output_file("video.mp4", mux_audio(silent, speech, ctx.scratch / "talking.mp4"),
+                                        content_type="video/mp4")
+        poster_key = ctx.put_output_file("poster.jpg", write_poster(poster[0], ctx.scratch / "poster.jpg"),
+                                         content_type="image/jpeg")
+        metrics = {
+            "frames": plan.num_frames, "fps": plan.fps, "duration_s": plan.duration_s, "chunks": len(chunks),
+            "steps": options.steps, "width": width, "height": height, "mode": options.mode, "device": device,
+            "render_s": round(render_s, 3), "s_per_chunk": round(render_s / len(chunks), 3),
+            "realtime_factor": round(plan.duration_s / render_s, 4) if render_s else None,
+            "random_weights": models.random_weights,
+        }
+        return StageResult(outputs={"video": video_key, "poster": poster_key},
+                           job_outputs={"video": video_key, "poster": poster_key}, metrics=metrics,
+                           model_id=avatar.base_model)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _lora(models: InfiniteTalkModels, weights: Path, plan: TalkingPlan):
+        """The avatar's LoRA on the cached transformer for this render only."""
+        transformer = models.components.transformer
+        transformer.load_lora_adapter(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER, prefix=None)
+        try:
+            yield
+        finally:
+            transformer.delete_adapters(ADAPTER)
+
+    @staticmethod
+    def _footage(path: Path):
+        """Video-to-video's frame source: the reference footage played forward, backward, forward… (no jump)."""
+        from core.video import probe_video, sample_frames
+        from functions.reference_footage import ping_pong
+
+        info = probe_video(path)
+        clip = np.stack([f.pixels for f in sample_frames(path, fps=FPS, size=(info.width, info.height))])
+        return lambda index: clip[ping_pong(index + 1, len(clip))[index]]
+
+    @staticmethod
+    def _fetch_avatar(ctx: StageContext, avatar: AvatarManifest) -> dict[str, Path]:
+        wanted = {"weights": avatar.weights_key,
+                  **{k: avatar.assets.get(k) for k in ("reference_image", "reference", "options")}}
+        local = {}
+        for name, key in wanted.items():
+            if not key or ctx.storage.stat(key) is None:
+                raise VideostudioError("avatar_not_found", f"avatar {avatar.avatar_id!r} is missing its {name} file")
+            local[name] = ctx.storage.download(key, ctx.scratch / "avatar" / Path(key).name)
+        return local
+
+

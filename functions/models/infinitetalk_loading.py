@@ -1,0 +1,109 @@
+"""Loading what an InfiniteTalk render or training needs, once per process.
+
+- `tiny` (`InfiniteTalkOptions.base_model`): random tiny versions of every component and a tiny wav2vec2,
+  built offline with matching audio sizes (CPU tests; the output is noise).
+- real weights: the transformer from the original-format Wan2.1-I2V-14B-480P plus `infinitetalk.safetensors`
+  (`infinitetalk_keys.load_infinitetalk_transformer`, strict), the VAE / UMT5 / CLIP from a diffusers-format
+  repo or folder (`components`), and chinese-wav2vec2-base. Any of them may be a local path, so a machine with
+  no network loads from disk (or a Modal Volume).
+
+Loaded models are cached per (what, device, dtype): a worker or a Modal container that renders many briefs
+loads the 14B transformer once (`@modal.enter` calls `load_models` before the first request).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from functions.infinitetalk_audio import SpeechEncoder, tiny_speech_encoder
+from functions.infinitetalk_pipeline import InfiniteTalkComponents, tiny_infinitetalk_components
+from schemas.brief import InfiniteTalkOptions
+from schemas.errors import VideostudioError
+
+TINY = "tiny"
+
+
+@dataclass
+class InfiniteTalkModels:
+    components: InfiniteTalkComponents
+    speech: SpeechEncoder
+    random_weights: bool
+    dtype: torch.dtype
+
+
+_cache: dict[tuple, InfiniteTalkModels] = {}
+_lock = threading.Lock()
+
+
+def load_models(options: InfiniteTalkOptions, *, device: str, dtype: torch.dtype | None = None) -> InfiniteTalkModels:
+    """The models `options` name, on `device` (bf16 on CUDA, fp32 on a CPU unless `dtype` says otherwise)."""
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    key = (options.base_model, options.weights, options.components, options.audio_encoder, device, dtype)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = _tiny(device, dtype) if options.base_model == TINY else _real(options, device, dtype)
+        return _cache[key]
+
+
+def fresh_transformer(options: InfiniteTalkOptions, *, device: str, dtype: torch.dtype | None = None):
+    """A transformer of its own (not the cached one): training adds a LoRA to it, renders must not see that."""
+    models = load_models(options, device=device, dtype=dtype)
+    if options.base_model == TINY:
+        return _tiny(device, models.dtype).components.transformer
+    return _real_transformer(options, device, models.dtype)
+
+
+def _tiny(device: str, dtype: torch.dtype) -> InfiniteTalkModels:
+    speech = tiny_speech_encoder(seed=0)
+    # The tiny transformer's audio input is the tiny encoder's: every hidden layer of its width.
+    components = tiny_infinitetalk_components(seed=0, audio_layers=speech.layers, audio_dim=speech.dim)
+    _place(components, device, dtype)
+    return InfiniteTalkModels(components=components, speech=speech, random_weights=True, dtype=dtype)
+
+
+def _place(components: InfiniteTalkComponents, device: str, dtype: torch.dtype, *, transformer: bool = True) -> None:
+    """Every model on `device`; cast only where the dtype changes (the VAE stays fp32: it decodes with fewer
+    colour bands; the loaders put real weights in their dtype already)."""
+    modules = [components.text_encoder, components.image_encoder] + ([components.transformer] if transformer else [])
+    for module in modules + [components.vae]:
+        parameter = next(module.parameters())
+        if module is not components.vae and parameter.dtype != dtype:
+            module.to(device=device, dtype=dtype)
+        elif parameter.device.type != torch.device(device).type:
+            module.to(device)
+
+
+def _real_transformer(options: InfiniteTalkOptions, device: str, dtype: torch.dtype):
+    from functions.models.infinitetalk_keys import load_infinitetalk_transformer
+
+    return load_infinitetalk_transformer(options.base_model, options.weights, dtype=dtype, device=device)
+
+
+def _real(options: InfiniteTalkOptions, device: str, dtype: torch.dtype) -> InfiniteTalkModels:
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    from functions.infinitetalk_pipeline import DEFAULT_SHIFT_480P
+
+    transformer = _real_transformer(options, device, dtype)
+    where = options.components
+    try:
+        parts: dict[str, Any] = dict(
+            vae=AutoencoderKLWan.from_pretrained(where, subfolder="vae", torch_dtype=torch.float32),
+            text_encoder=UMT5EncoderModel.from_pretrained(where, subfolder="text_encoder", torch_dtype=dtype),
+            tokenizer=AutoTokenizer.from_pretrained(where, subfolder="tokenizer"),
+            image_encoder=CLIPVisionModel.from_pretrained(where, subfolder="image_encoder", torch_dtype=dtype),
+            image_processor=CLIPImageProcessor.from_pretrained(where, subfolder="image_processor"),
+        )
+        speech = SpeechEncoder.from_pretrained(options.audio_encoder, device=device)
+    except (OSError, ValueError) as exc:
+        raise VideostudioError("model_unavailable", f"could not load the InfiniteTalk components ({where}, "
+                               f"{options.audio_encoder}): {exc}") from None
+    components = InfiniteTalkComponents(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=DEFAULT_SHIFT_480P), **parts)
+    _place(components, device, dtype, transformer=False)
+    return InfiniteTalkModels(components=components, speech=speech, random_weights=False, dtype=dtype)
