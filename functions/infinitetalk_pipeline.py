@@ -200,7 +200,7 @@ def _mean_lab(frames: np.ndarray, batch: int = 16) -> np.ndarray:
     """Mean Lab colour of each frame of uint8 [T, H, W, 3] → [T, 3]."""
     out = []
     for f0 in range(0, len(frames), batch):
-        rgb = torch.from_numpy(np.ascontiguousarray(frames[f0:f0 + batch])).double() / 255
+        rgb = torch.from_numpy(np.array(frames[f0:f0 + batch])).double() / 255
         out.append(rgb_to_lab(rgb).mean(dim=(1, 2)))
     return torch.cat(out).numpy()
 

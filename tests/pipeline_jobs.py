@@ -3,7 +3,12 @@ inbox/, and a job driven to its end on this thread (no watcher, no worker proces
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from core.queue import SqliteQueue
 from core.runner import Runner
@@ -39,3 +44,32 @@ def drain(runner: Runner, job_id: str) -> JobManifest:
 
 def run_job(runner: Runner, name: str, text: str) -> JobManifest:
     return drain(runner, submit(runner, name, text))
+
+
+class SimulatedKill(BaseException):
+    """Not an Exception: like SIGKILL, nothing in the runner gets to handle it."""
+
+
+@contextmanager
+def dies_after_checkpoint(monkeypatch: pytest.MonkeyPatch, module: Any, attribute: str, n: int) -> Iterator[None]:
+    """While inside, `module.attribute` (a training loop called with `hooks=` LoopHooks) raises SimulatedKill
+    right after its `n`th checkpoint was saved: the worker dies with the checkpoint in the bucket and the
+    stage still `running`. The original is back on exit, so a retry runs (and resumes) normally."""
+    original = getattr(module, attribute)
+
+    def dies(*args, hooks, **kwargs):
+        save, saved = hooks.save_checkpoint, []
+
+        def save_then_die(step: int, data: bytes) -> None:
+            save(step, data)
+            saved.append(step)
+            if len(saved) == n:
+                raise SimulatedKill(f"killed after checkpoint {n} (step {step})")
+        hooks.save_checkpoint = save_then_die
+        return original(*args, hooks=hooks, **kwargs)
+
+    monkeypatch.setattr(module, attribute, dies)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(module, attribute, original)

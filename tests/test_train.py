@@ -19,7 +19,7 @@ from core.runner import Runner
 from functions.lora_dataset import build_clips, load_face_records
 from functions.models.mochi import build_tiny_pipeline
 import pipeline_jobs
-from pipeline_jobs import drain, submit
+from pipeline_jobs import SimulatedKill, dies_after_checkpoint, drain, submit
 from synthetic_video import write_face_video
 
 TRAIN_BRIEF = """\
@@ -129,10 +129,6 @@ def test_deleted_avatar_can_no_longer_be_rendered(face_video, tmp_path):
     assert failed.status.value == "failed" and failed.error.code == "avatar_not_found"
 
 
-class SimulatedKill(BaseException):
-    """Not an Exception: like SIGKILL, nothing in the runner gets to handle it."""
-
-
 def test_killed_training_resumes_to_the_same_adapter(face_video, tmp_path, monkeypatch):
     brief = TRAIN_BRIEF.format(avatar="resume", epochs=4, checkpoint_every=5, optimizer="auto")
     straight = make_runner(tmp_path / "straight", face_video)
@@ -140,23 +136,9 @@ def test_killed_training_resumes_to_the_same_adapter(face_video, tmp_path, monke
     assert reference.status.value == "succeeded"
 
     runner = make_runner(tmp_path / "killed", face_video, lease_s=0.5)
-    original = train_module.run_training
-
-    def dies_after_second_checkpoint(*args, hooks, **kwargs):
-        save = hooks.save_checkpoint
-
-        def save_then_die(step, data):
-            save(step, data)
-            if step == 10:
-                raise SimulatedKill
-        hooks.save_checkpoint = save_then_die
-        return original(*args, hooks=hooks, **kwargs)
-
-    monkeypatch.setattr(train_module, "run_training", dies_after_second_checkpoint)
     job_id = submit(runner, "r.yaml", brief)
-    with pytest.raises(SimulatedKill):
-        drain(runner, job_id)
-    monkeypatch.setattr(train_module, "run_training", original)
+    with dies_after_checkpoint(monkeypatch, train_module, "run_training", 2), pytest.raises(SimulatedKill):
+        drain(runner, job_id)  # killed right after the checkpoint of step 10
     killed = runner.store.load(job_id)
     assert killed.stages["train"].status.value == "running"
     time.sleep(0.6)  # the dead worker's lease expires; the message comes back

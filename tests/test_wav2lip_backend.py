@@ -30,7 +30,7 @@ from functions.reference_footage import ping_pong
 from functions.wav2lip_avatar import Wav2LipAvatarFiles, read_reference
 from functions.wav2lip_dataset import sync_windows
 import pipeline_jobs
-from pipeline_jobs import drain, submit
+from pipeline_jobs import SimulatedKill, dies_after_checkpoint, drain, submit
 from tests.real_media import looped_talking_video, media_file
 
 pytestmark = pytest.mark.slow
@@ -245,31 +245,13 @@ def test_a_training_video_without_sound_is_no_audio_stream(talking_video, tmp_pa
 
 # --- kill, resume, cancel -----------------------------------------------------------------------
 
-class SimulatedKill(BaseException):
-    """Not an Exception: like SIGKILL, nothing in the runner gets to handle it."""
-
-
 def test_killed_training_resumes_to_the_same_weights(trained, talking_video, tmp_path, monkeypatch):
     _, straight = trained
     reference_runner = trained[0]
     runner = make_runner(tmp_path / "killed", talking_video, lease_s=0.5)
-    original = wav2lip_module.train_generator
-
-    def dies_after_a_checkpoint(*args, hooks, **kwargs):
-        save = hooks.save_checkpoint
-
-        def save_then_die(step, data):
-            save(step, data)
-            if step == 2:
-                raise SimulatedKill
-        hooks.save_checkpoint = save_then_die
-        return original(*args, hooks=hooks, **kwargs)
-
-    monkeypatch.setattr(wav2lip_module, "train_generator", dies_after_a_checkpoint)
     job_id = submit(runner, "ann.yaml", TRAIN.format(avatar="ann", steps=4, every=2))
-    with pytest.raises(SimulatedKill):
-        drain(runner, job_id)
-    monkeypatch.setattr(wav2lip_module, "train_generator", original)
+    with dies_after_checkpoint(monkeypatch, wav2lip_module, "train_generator", 1), pytest.raises(SimulatedKill):
+        drain(runner, job_id)  # killed right after the generator's checkpoint of step 2
     assert runner.store.load(job_id).stages["train"].status.value == "running"
     time.sleep(0.6)  # the dead worker's lease expires; the message comes back
     resumed = drain(runner, job_id)

@@ -1,40 +1,44 @@
 """InfiniteTalk (Wan2.1-I2V-14B + audio) as the VRAM planner sees it: shapes counted from the architecture.
 
-No weights and no model classes: every count is a formula over the published configs below, and
-tests/test_planner_infinitetalk.py checks each one against the library class built on the meta device
-(diffusers' `WanTransformer3DModel` and `AutoencoderKLWan`, transformers' `UMT5EncoderModel`,
-`CLIPVisionModelWithProjection` and `Wav2Vec2Model`).
+No weights and no model classes: every count is a formula over the published configs below.
+tests/test_planner_infinitetalk.py checks each count against the class built on the meta device:
+the renderer's `functions.models.infinitetalk.InfiniteTalkTransformer`, diffusers'
+`WanTransformer3DModel` and `AutoencoderKLWan`, and transformers' `UMT5EncoderModel`,
+`CLIPVisionModel` and `Wav2Vec2Model`.
 
 Where each figure comes from:
 - transformer: InfiniteTalk's `WanModel` (github MeiGen-AI/InfiniteTalk, wan/modules/multitalk_model.py and
   wan/modules/attention.py) with Wan2.1-I2V-14B's config (wan/configs/wan_multitalk_14B.py and the
   checkpoint's config.json: dim 5120, ffn 13824, 40 layers × 40 heads, in_dim 36 = 16 noise + 4 mask + 16
-  image latents, out_dim 16, patch 1×2×2, text_dim 4096, text_len 512, freq_dim 256, img_emb from CLIP's 1280)
-  and `WanModel`'s audio defaults (audio_window 5, intermediate_dim 512, output_dim 768, context_tokens 32,
-  vae_scale 4, norm_input_visual and norm_output_audio on). The Wan backbone has 16,394,878,784 parameters
-  ("14B" is the T2V model's size; I2V adds k_img/v_img to every block), the audio modules 2,487,168,000:
-  18.88 B in all, 35.2 GiB in bf16.
-- text encoder: UMT5-XXL's encoder (wan/configs/shared_config.py `umt5_xxl`, google/umt5-xxl: vocabulary
+  image latents, out_dim 16, patch 1×2×2, text_dim 4096, text_len 512, freq_dim 256, img_emb from CLIP's 1280),
+  with `WanModel`'s audio defaults (audio_window 5, intermediate_dim 512, output_dim 768, context_tokens 32,
+  vae_scale 4, norm_input_visual and norm_output_audio on). The Wan backbone has 16,394,878,784 parameters:
+  "14B" is the T2V model's size, and I2V adds k_img/v_img to every block. The audio modules add
+  2,487,168,000, for 18.88 B in all, 35.2 GiB in bf16. Layer names are the renderer's: diffusers' Wan names,
+  and the official names for the audio modules.
+- text encoder: UMT5-XXL's encoder (wan/configs/shared_config.py `umt5_xxl`; google/umt5-xxl: vocabulary
   256,384, d_model 4096, 24 layers × 64 heads, gated-GELU FF 10240, a relative position bias per layer):
   5,680,910,336 parameters, 10.6 GiB in bf16 (Wan's models_t5_umt5-xxl-enc-bf16.pth is this encoder).
 - image encoder: the ViT-H/14 vision tower of open-clip xlm-roberta-large-vit-huge-14 (wan/modules/clip.py:
-  1280 wide, 32 layers × 16 heads, 224 px → 257 tokens) as diffusers' Wan I2V loads it
-  (`CLIPVisionModelWithProjection`): 632,076,800 parameters, fp16. InfiniteTalk's own script loads the whole
-  XLM-RoBERTa CLIP (the text tower adds about 0.56 B parameters, 1 GiB) and uses only the vision tower.
-- audio encoder: TencentGameMate/chinese-wav2vec2-base (a wav2vec2-base: 7 conv layers × 512, 12 layers ×
-  768, FF 3072): 94,371,712 parameters, fp32 as `Wav2Vec2Model.from_pretrained` loads it (the reference
-  script runs it on the CPU; counted on the GPU here, 0.35 GiB, to stay on the safe side).
+  1280 wide, 32 layers × 16 heads, 224 px → 257 tokens). The renderer loads it as `CLIPVisionModel` (no
+  projection): 630,766,080 parameters, bf16. InfiniteTalk's own script loads the whole XLM-RoBERTa CLIP and
+  uses only the vision tower; the text tower adds about 0.56 B parameters, 1 GiB in fp16.
+- audio encoder: TencentGameMate/chinese-wav2vec2-base, a wav2vec2-base (7 conv layers × 512, 12 layers ×
+  768, FF 3072): 94,371,712 parameters. It is fp32 on the GPU, as the renderer's `SpeechEncoder` loads it;
+  the reference script runs it on the CPU.
 - VAE: Wan2.1's (wan/modules/vae.py; diffusers' `AutoencoderKLWan` defaults): base 96, multipliers 1,2,4,4,
-  2 residual blocks, z 16, stride 4×8×8: 126,892,531 parameters, fp32 (InfiniteTalk's `WanVAE` default).
+  2 residual blocks, z 16, stride 4×8×8: 126,892,531 parameters, fp32 (the renderer keeps it in fp32).
 
-Activations follow InfiniteTalk's inference code (the constants below say what each one counts). A render is
-one chunk of 81 frames (4n+1; a longer video is more chunks of the same size, each as tall as the first).
-Classifier-free guidance is 3 transformer passes per step (cond, no text, neither text nor audio: text
-guidance 5, audio guidance 4); the reference runs them one after another, which is what the planner assumes
-unless the job says `cfg_batched`. Self-attention runs through flash attention (no token × token matrix);
-what InfiniteTalk does materialise is its reference-attention map: every token against the first latent
-frame's tokens, half the heads at a time, in every block (wan/utils/multitalk_utils.py
-`get_attn_map_with_target`). That map, and RoPE computed in float64, dominate the peak.
+Activations follow the renderer's code by default: functions/infinitetalk_pipeline.py and
+functions/models/infinitetalk.py, on diffusers' Wan attention through SDPA/flash, so there is no
+token × token matrix. The constants below say what each one counts. A render is one chunk of 81 frames
+(4n+1). A longer video is more chunks of the same size, each with the same peak. Classifier-free guidance
+is 3 transformer passes a step: cond, no text, and neither text nor audio (text guidance 5, audio
+guidance 4). The renderer, like the reference, runs them one after another; `cfg_batched` plans them as
+one batch. `official_attention` plans InfiniteTalk's own code instead, for comparison with its published
+figures. That code computes RoPE in float64, and in every block a reference-attention map: every token
+against the first latent frame's tokens, half the heads at a time (wan/utils/multitalk_utils.py
+`get_attn_map_with_target`). Those two dominate its peak.
 """
 
 from __future__ import annotations
@@ -83,18 +87,24 @@ INFINITETALK_QUANTIZATION = QuantizationRules(
 T5_KEEP = ("wo",)  # transformers' UMT5 `_keep_in_fp32_modules`: never a target (see targets.quantization_targets)
 
 # -- activation constants (bytes per element of a tokens × dim tensor, unless noted) --------------------------
-# Self-attention while RoPE is applied to k: the residual stream and the modulated input (bf16, 2 + 2), q
-# already rotated (rope_apply returns fp32: 4), k and v (bf16, 2 + 2), and rope_apply's float64 work on k
-# (the cast copy and the rotated/concatenated copy: 8 + 8).
-ROPE_PHASE_BYTES = 28
-# The reference-attention map, after the output projection: residual, input, q and k in fp32 (rope's output
-# is kept for it), v, the attention output, and get_attn_map_with_target's bf16 q and scaled q: 20 bytes;
-# plus per token the scores of half the heads against the first frame's tokens, twice (the matmul output and
-# its softmax, bf16; calculate_x_ref_attn_map is torch.compile'd, so the masked sums fuse).
-REF_PHASE_BYTES = 20
+# Two attention codes. The renderer's (functions/models/infinitetalk.py on diffusers' Wan attention) peaks at
+# 22 bytes, in the feed-forward's gated residual: five bf16 tensors (the block's input, which the caller
+# keeps; the stream; the FFN input; the self-attention output, still bound; the FFN output) and three fp32
+# (the stream and the FFN output upcast, the gated product): 10 + 12. RoPE on k and the q/k RMS norms come to
+# 18–22. Counted op by op on the meta device (tests/test_planner_infinitetalk.py): 22.2 at 480p, with the
+# RoPE tables and the context; the process's peak RSS on a CPU gave the same slope.
+RENDERER_BLOCK_BYTES = 22
+# The official code (wan/modules/multitalk_model.py, `official_attention`): RoPE in float64 and the
+# reference-attention map. RoPE of k: residual, input (bf16, 2 + 2), q rotated (fp32: 4), k and v (2 + 2), and
+# rope_apply's float64 work on k (the cast and the rotated/concatenated copies: 8 + 8).
+OFFICIAL_ROPE_PHASE_BYTES = 28
+# The reference-attention map, after the output projection: residual, input, q and k in fp32 (kept for it), v,
+# the attention output, and get_attn_map_with_target's bf16 q and scaled q: 20 bytes; plus per token the scores
+# of half the heads against the first frame's tokens, twice (the matmul output and its softmax, bf16;
+# calculate_x_ref_attn_map is torch.compile'd, so the masked sums fuse).
+OFFICIAL_REF_PHASE_BYTES = 20
 REF_MAP_SPLITS = 2           # get_attn_map_with_target(split_num=2): heads / 2 at a time
 REF_MAP_COPIES = 2
-# The FFN: residual, modulated input, the first Linear's output and its GELU (bf16): 2·dim + 2·ffn elements.
 FFN_PHASE_ELEMS = (2, 2)     # (× dim, × ffn_dim), bf16
 CONTEXT_COPIES = 3           # text_embedding out, img_emb out, and their concatenation (bf16)
 # Wan VAE (fp32 here): decoding runs one latent frame at a time with a cache of each causal conv's last 2
@@ -107,13 +117,14 @@ VAE_CACHE_FRAMES = 2
 VAE_WORK_COPIES = 6.5
 VAE_TILE = 256               # diffusers' AutoencoderKLWan tile_sample_min_height/width (pixels)
 VAE_TILE_STRIDE = 192        # tile_sample_stride_height/width
-# Decoded video (fp32 until the renderer converts it): untiled, the growing torch.cat and the clamp (2 copies);
-# tiled, every tile (their overlap), the cropped rows, the joined video and the clamp (coverage + 3).
+# Decoded video (fp32 until the renderer converts it): untiled, the growing torch.cat and the clamp (2 copies,
+# on top of one frame's work); tiled, every tile (their overlap), then the cropped rows, the joined video and the
+# clamp (coverage + 3 copies, after the last tile's work is freed).
 DECODE_OUTPUT_COPIES = 2
 TILED_DECODE_OUTPUT_EXTRA = 3
-ENCODE_INPUT_COPIES = 2      # the conditioning clip: reference frame + zero frames, and their concatenation
+ENCODE_INPUT_COPIES = 1      # the conditioning clip (the reference frame, then zeros)
 AUDIO_ENCODER_BYTES = 4      # wav2vec2 in fp32
-W2V_FEATURE_COPIES = 3       # first conv's output, its group norm, its GELU (fp32)
+W2V_FEATURE_COPIES = 2       # the first conv layer's maps: one op's input and output (conv → group norm → GELU)
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,7 @@ class InfiniteTalkConfig:
     t5_head_dim: int = 64
     t5_layers: int = 24
     t5_buckets: int = 32
-    t5_prompts: int = 2                 # prompt and negative prompt, encoded together
+    t5_prompts: int = 1                 # the renderer encodes the prompt and the negative prompt one at a time
     # image encoder: CLIP ViT-H/14 vision tower
     clip_dim: int = 1280
     clip_ff: int = 5120
@@ -156,7 +167,6 @@ class InfiniteTalkConfig:
     clip_heads: int = 16
     clip_patch: int = 14
     clip_image: int = 224
-    clip_projection: int = 1024
     # audio encoder: wav2vec2-base
     w2v_dim: int = 768
     w2v_ff: int = 3072
@@ -196,9 +206,9 @@ class InfiniteTalkJob(RenderJob):
     num_frames: int = CHUNK_FRAMES
     guidance_scale: float = 5.0          # generate_infinitetalk.py --sample_text_guide_scale
     audio_guidance_scale: float = 4.0    # --sample_audio_guide_scale
-    cfg_batched: bool = False            # the reference runs the passes one after another
-    ref_attention_map: bool = True       # InfiniteTalk computes it in every block, one speaker or two
-    audio_seconds: float | None = None   # audio the encoder sees at once; None: the chunk's
+    cfg_batched: bool = False            # the renderer, like the reference, runs the passes one after another
+    official_attention: bool = False     # the official code's float64 RoPE and reference-attention map
+    audio_seconds: float | None = None   # speech wav2vec2 encodes at once (the renderer: the whole take); None: the chunk's
 
     @property
     def passes(self) -> int:
@@ -245,26 +255,32 @@ class Counted:
 
 
 def count_transformer(c: InfiniteTalkConfig = WAN21_I2V_14B) -> Counted:
-    """InfiniteTalk's `WanModel`: the Wan2.1 I2V backbone and, per block, the audio cross-attention."""
+    """InfiniteTalk's transformer: the Wan2.1 I2V backbone and, per block, the audio cross-attention. Names are
+    those of the renderer's `functions.models.infinitetalk.InfiniteTalkTransformer` (diffusers' Wan modules,
+    the official audio modules), so a user's skip pattern means the same to the planner and the quantizer."""
     d, pt, ph, pw = c.dim, *c.patch_size
-    linears = [_linear("text_embedding.0", c.text_dim, d), _linear("text_embedding.2", d, d),
-               _linear("time_embedding.0", c.freq_dim, d), _linear("time_embedding.2", d, d),
-               _linear("time_projection.1", d, 6 * d),
-               _linear("img_emb.proj.1", c.image_dim, c.image_dim), _linear("img_emb.proj.3", c.image_dim, d),
-               _linear("head.head", d, c.out_channels * pt * ph * pw)]
+    e = "condition_embedder."
+    linears = [_linear(f"{e}time_embedder.linear_1", c.freq_dim, d), _linear(f"{e}time_embedder.linear_2", d, d),
+               _linear(f"{e}time_proj", d, 6 * d),
+               _linear(f"{e}text_embedder.linear_1", c.text_dim, d), _linear(f"{e}text_embedder.linear_2", d, d),
+               _linear(f"{e}image_embedder.ff.net.0.proj", c.image_dim, c.image_dim),
+               _linear(f"{e}image_embedder.ff.net.2", c.image_dim, d),
+               _linear("proj_out", d, c.out_channels * pt * ph * pw)]
     other = (d * c.in_channels * pt * ph * pw + d     # patch_embedding (Conv3d)
-             + 2 * d                                   # head.modulation
-             + 2 * c.image_dim + 2 * d)                # img_emb's two LayerNorms
+             + 2 * d                                   # the output's scale_shift_table (official head.modulation)
+             + 2 * c.image_dim + 2 * d)                # the image embedder's two LayerNorms
     audio_linears = []
     for i in range(c.num_layers):
         p = f"blocks.{i}."
-        linears += [_linear(f"{p}self_attn.{n}", d, d) for n in ("q", "k", "v", "o")]
-        linears += [_linear(f"{p}cross_attn.{n}", d, d) for n in ("q", "k", "v", "o", "k_img", "v_img")]
-        linears += [_linear(f"{p}ffn.0", d, c.ffn_dim), _linear(f"{p}ffn.2", c.ffn_dim, d)]
+        linears += [_linear(f"{p}attn1.{n}", d, d) for n in ("to_q", "to_k", "to_v", "to_out.0")]
+        linears += [_linear(f"{p}attn2.{n}", d, d)
+                    for n in ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj")]
+        linears += [_linear(f"{p}ffn.net.0.proj", d, c.ffn_dim), _linear(f"{p}ffn.net.2", c.ffn_dim, d)]
         audio_linears += [_linear(f"{p}audio_cross_attn.q_linear", d, d),
                           _linear(f"{p}audio_cross_attn.kv_linear", c.audio_dim, 2 * d),
                           _linear(f"{p}audio_cross_attn.proj", d, d)]
-        # norm_q, norm_k (self); norm3 (affine LayerNorm); norm_q, norm_k, norm_k_img (cross); modulation (6)
+        # attn1 norm_q, norm_k (RMS over all heads); the cross-attention's affine LayerNorm (diffusers' norm2,
+        # the official norm3); attn2 norm_q, norm_k, norm_added_k; the block's scale_shift_table (6 × dim)
         other += 2 * d + 2 * d + 3 * d + 6 * d
     audio_linears += [_linear("audio_proj.proj1", c.audio_window_input(c.audio_window), c.audio_intermediate),
                       _linear("audio_proj.proj1_vf", c.audio_window_input(c.audio_window + c.vae_scale - 1),
@@ -293,14 +309,14 @@ def count_text_encoder(c: InfiniteTalkConfig = WAN21_I2V_14B) -> Counted:
 
 
 def count_image_encoder(c: InfiniteTalkConfig = WAN21_I2V_14B) -> Counted:
-    """CLIP ViT-H/14's vision tower with its projection (`CLIPVisionModelWithProjection`)."""
+    """CLIP ViT-H/14's vision tower (`CLIPVisionModel`, as the renderer loads it: no projection; the Wan pipelines
+    read the penultimate hidden states)."""
     h = c.clip_dim
     linears = []
     for i in range(c.clip_layers):
         p = f"vision_model.encoder.layers.{i}."
         linears += [_linear(f"{p}self_attn.{n}_proj", h, h) for n in ("q", "k", "v", "out")]
         linears += [_linear(f"{p}mlp.fc1", h, c.clip_ff), _linear(f"{p}mlp.fc2", c.clip_ff, h)]
-    linears.append(_linear("visual_projection", h, c.clip_projection, False))
     other = (h + 3 * c.clip_patch ** 2 * h + ((c.clip_image // c.clip_patch) ** 2 + 1) * h  # class, patch, position
              + 2 * h + c.clip_layers * 4 * h + 2 * h)                                     # pre, per layer 2, post LNs
     return Counted(tuple(linears), other)
@@ -389,7 +405,7 @@ class InfiniteTalkSpec(ModelDescription):
         "audio_encode": ("audio_encoder",), "text_encode": ("text_encoder",), "image_encode": ("image_encoder",),
         "vae_encode": ("vae",), "denoise": ("transformer",), "vae_decode": ("vae",)}
     train_phases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
-    lora_targets: ClassVar[str] = r"\.(self_attn|audio_cross_attn)\."  # not planned yet (see train_activation_bytes)
+    lora_targets: ClassVar[str] = r"\.(attn1|audio_cross_attn)\."  # not planned yet (see train_activation_bytes)
     labels: ClassVar[Mapping[str, str]] = {"transformer": "transf.", "text_encoder": "UMT5", "image_encoder": "CLIP",
                                            "audio_encoder": "wav2vec2", "vae": "VAE"}
 
@@ -433,53 +449,59 @@ def as_infinitetalk_job(job: RenderJob) -> InfiniteTalkJob:
 
 
 def transformer_activation_bytes(spec: InfiniteTalkSpec, job: InfiniteTalkJob, tokens: int) -> int:
-    """One transformer pass's peak: inside one block (blocks run one after another), the larger of the RoPE,
-    the reference-attention map and the FFN moments, for `job.batch` clips at once; plus the pass's
-    conditioning (text + image context, audio windows) and the latents and guidance outputs of the step."""
+    """One transformer pass's peak, for `job.batch` clips at once: inside one block (blocks run one after another;
+    self-attention through SDPA/flash, so no token × token matrix), the RoPE tables, the pass's conditioning
+    (text + image context, audio windows) and the step's latents and guidance outputs."""
     c = spec.config
     d = c.dim
-    ref = REF_PHASE_BYTES * d
-    if job.ref_attention_map:
-        ref += REF_MAP_COPIES * (c.num_heads // REF_MAP_SPLITS) * spec.frame_tokens(job.height, job.width) * 2
     ffn = (FFN_PHASE_ELEMS[0] * d + FFN_PHASE_ELEMS[1] * c.ffn_dim) * 2
-    per_token = max(ROPE_PHASE_BYTES * d, ref, ffn)
+    if job.official_attention:
+        ref = OFFICIAL_REF_PHASE_BYTES * d + REF_MAP_COPIES * (c.num_heads // REF_MAP_SPLITS) * 2 * \
+            spec.frame_tokens(job.height, job.width)
+        per_token = max(OFFICIAL_ROPE_PHASE_BYTES * d, ref, ffn)
+    else:
+        per_token = max(RENDERER_BLOCK_BYTES * d, ffn)
+    rope = tokens * c.head_dim * 2 * 4  # cos and sin (fp32), one row of head_dim per token, shared by the batch
     context = job.batch * (c.text_len + c.image_tokens) * d * 2 * CONTEXT_COPIES
     audio = job.batch * job.num_frames * (c.audio_window * c.audio_layers * c.audio_dim
                                           + c.audio_tokens * c.audio_dim) * 2
     t, h, w = spec.latent_shape(job.num_frames, job.height, job.width)
     latent = c.out_channels * t * h * w
-    # noise and latent (fp32), the conditioning y (mask + image latents, bf16), one fp32 output per pass
-    latents = latent * (4 + 4 + job.passes * 4) + (c.in_channels - c.out_channels) * t * h * w * 2
-    return tokens * job.batch * per_token + context + audio + latents
+    # noise and latent (fp32), the conditioning (mask + image latents, fp32) and the input (bf16), one fp32
+    # prediction per pass
+    latents = latent * (4 + 4 + job.passes * 4) + (c.in_channels - c.out_channels) * t * h * w * 4 \
+        + c.in_channels * t * h * w * 2
+    return tokens * job.batch * per_token + rope + context + audio + latents
 
 
 def text_encoder_activation_bytes(spec: InfiniteTalkSpec) -> int:
-    """UMT5 on the prompt and the negative prompt (text_len tokens each, eager attention in fp32)."""
+    """UMT5 on a prompt (text_len tokens; SDPA, with the relative position bias as an fp32 mask)."""
     c = spec.config
     b, seq = c.t5_prompts, c.text_len
-    return b * seq * (4 * c.t5_dim + 3 * c.t5_ff) * 2 + b * c.t5_heads * seq * seq * 4 * 2  # scores + position bias
+    return b * seq * (4 * c.t5_dim + 3 * c.t5_ff) * 2 + b * c.t5_heads * seq * seq * 4
 
 
 def image_encoder_activation_bytes(spec: InfiniteTalkSpec) -> int:
-    """CLIP on the reference frame (one 224² image, 257 tokens)."""
+    """CLIP on the reference frame (one 224² image, 257 tokens; every hidden state kept, the renderer reads the
+    penultimate)."""
     c = spec.config
     seq = c.image_tokens
-    return seq * (4 * c.clip_dim + 2 * c.clip_ff) * 2 + c.clip_heads * seq * seq * 4 + 3 * c.clip_image ** 2 * 4
+    hidden = (c.clip_layers + 1) * seq * c.clip_dim * 2
+    return seq * (4 * c.clip_dim + 2 * c.clip_ff) * 2 + c.clip_heads * seq * seq * 4 + hidden + 3 * c.clip_image ** 2 * 4
 
 
 def audio_encoder_activation_bytes(spec: InfiniteTalkSpec, job: InfiniteTalkJob) -> int:
-    """wav2vec2 (fp32) on `job.audio_seconds` of 16 kHz audio: the first conv's feature maps, then per
-    50 Hz frame one layer's work, the attention scores, and every hidden state (InfiniteTalk stacks 12)."""
+    """wav2vec2 (fp32, on the GPU) on `job.audio_seconds` of 16 kHz speech: the first conv layer's feature maps
+    (the widest), or the transformer layers, whose input the renderer stretches to 25 rows a second (SDPA: no
+    row × row matrix), with every hidden state kept (InfiniteTalk stacks them all)."""
     c = spec.config
     seconds = job.audio_seconds if job.audio_seconds is not None else job.num_frames / FPS
     samples = int(seconds * AUDIO_SAMPLE_RATE)
-    first = samples // c.w2v_strides[0]
-    frames = samples // math.prod(c.w2v_strides)
-    features = c.w2v_conv[0] * first * W2V_FEATURE_COPIES * AUDIO_ENCODER_BYTES
-    layer = frames * (4 * c.w2v_dim + 2 * c.w2v_ff) * AUDIO_ENCODER_BYTES
-    scores = 2 * c.w2v_heads * frames * frames * AUDIO_ENCODER_BYTES
-    hidden = (c.w2v_layers + 1) * frames * c.w2v_dim * AUDIO_ENCODER_BYTES
-    return max(features, layer + scores) + hidden
+    features = c.w2v_conv[0] * (samples // c.w2v_strides[0]) * W2V_FEATURE_COPIES * AUDIO_ENCODER_BYTES
+    rows = math.ceil(seconds * FPS)
+    layer = rows * (4 * c.w2v_dim + 2 * c.w2v_ff) * AUDIO_ENCODER_BYTES
+    hidden = (c.w2v_layers + 1) * rows * c.w2v_dim * AUDIO_ENCODER_BYTES
+    return samples * AUDIO_ENCODER_BYTES + max(features, layer + hidden)
 
 
 def vae_decoder_cache_per_pixel(c: InfiniteTalkConfig) -> float:
@@ -539,9 +561,11 @@ def vae_decode_bytes(spec: InfiniteTalkSpec, job: InfiniteTalkJob, *, tiling: bo
     tiled = tiling and (job.height > VAE_TILE or job.width > VAE_TILE)
     per_pixel = vae_decoder_cache_per_pixel(c) + _vae_work_per_pixel(c)
     work = per_pixel * _tile_area(job.height, job.width, tiling) * VAE_BYTES
-    copies = tile_coverage(job.height, job.width) + TILED_DECODE_OUTPUT_EXTRA if tiled else DECODE_OUTPUT_COPIES
     video = 3 * job.num_frames * job.height * job.width * VAE_BYTES
-    return int((work + copies * video) * job.videos)
+    if not tiled:
+        return int((work + DECODE_OUTPUT_COPIES * video) * job.videos)
+    tiles = tile_coverage(job.height, job.width) * video
+    return int(max(work + tiles, tiles + TILED_DECODE_OUTPUT_EXTRA * video) * job.videos)
 
 
 def vae_encode_bytes(spec: InfiniteTalkSpec, job: InfiniteTalkJob, *, tiling: bool) -> int:
