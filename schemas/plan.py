@@ -55,6 +55,8 @@ class TalkingPlan(BaseModel):
     num_frames: int
     duration_s: float
     seed: int
+    quantization: str = Field(default="auto", description=(
+        "The brief's `quantization:` (backends with a large model use it; wav2lip ignores it)."))
 
 
 Plan = Union[RenderPlan, TalkingPlan]  # told apart by their fields (both forbid unknown keys)

@@ -24,7 +24,17 @@ The audio module names are the official ones, so the published audio keys load u
 
 Not covered: the official two-person mode (`human_num == 2`: a 1-D RoPE over speaker-assigned tokens,
 driven by the self-attention map); it has no parameters of its own, so its weights load, but `forward`
-conditions on one speaker. Context parallelism (`_cp_plan`) is off: frame-local attention needs whole frames.
+conditions on one speaker.
+
+Context parallelism (diffusers' `enable_parallelism` with a `ContextParallelConfig`; see
+`functions/infinitetalk_parallel.py`): `_cp_plan` splits what Wan's plan splits (the RoPE tables and the
+tokens entering `blocks.0`, along the sequence) plus the output of `token_positions` (each token's global index),
+and gathers `proj_out`. The self-attention then runs diffusers' ring / Ulysses attention; the text/image
+cross-attention and the feed-forward are token-wise on the local shard. The audio attention is frame-local, and a
+shard need not start or end on a frame boundary (81 frames = 21 latent frames; 2 or 4 ranks cut frames apart), so
+each block learns its shard's global offset from `token_positions` and `InfiniteTalkAudioAttention` pads the
+shard out to whole frames (at most one partial frame at each end), attends each frame to its own audio tokens
+(replicated on every rank: they are small) and drops the padding. Without CP the offset is 0 and nothing is padded.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import FP32LayerNorm
@@ -119,22 +131,51 @@ class InfiniteTalkAudioAttention(nn.Module):
         self.kv_linear = nn.Linear(context_dim, 2 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, hidden_states: torch.Tensor, audio_context: torch.Tensor) -> torch.Tensor:
-        """hidden_states [B, F·S, dim] (frame-major tokens), audio_context [B, F, M, context_dim] → [B, F·S, dim].
+    def forward(self, hidden_states: torch.Tensor, audio_context: torch.Tensor, *, token_offset: int = 0,
+                tokens_per_frame: int | None = None) -> torch.Tensor:
+        """hidden_states [B, S, dim] (frame-major tokens), audio_context [B, F, M, context_dim] → [B, S, dim].
 
-        The tokens of frame f attend only to audio_context[:, f]."""
+        The token at global index i belongs to latent frame i // tokens_per_frame and attends only to
+        audio_context[:, that frame]. By default hidden_states holds every token (offset 0, tokens_per_frame
+        S / F). Under context parallelism it is one rank's contiguous shard: global tokens
+        token_offset … token_offset + S − 1, possibly starting and ending inside a frame; the shard is padded
+        out to whole frames (zero queries, dropped afterwards), so each frame is attended exactly as unsharded."""
         batch, seq, dim = hidden_states.shape
         frames, count = audio_context.shape[1], audio_context.shape[2]
-        if audio_context.shape[0] != batch or seq % frames:
-            raise ValueError(f"{seq} tokens in a batch of {batch} do not split over audio of shape "
-                             f"{list(audio_context.shape)}")
-        per_frame = seq // frames
-        query = self.q_linear(hidden_states).reshape(batch * frames, per_frame, self.heads, -1)
-        kv = self.kv_linear(audio_context.reshape(batch * frames, count, -1))
-        key, value = kv.reshape(batch * frames, count, 2, self.heads, -1).unbind(2)
-        out = dispatch_attention_fn(query, key, value)  # [B·F, S, heads, head_dim]
-        out = out.reshape(batch, seq, dim).type_as(hidden_states)
-        return self.proj(out)
+        if tokens_per_frame is None:
+            if audio_context.shape[0] != batch or seq % frames or token_offset:
+                raise ValueError(f"{seq} tokens in a batch of {batch} do not split over audio of shape "
+                                 f"{list(audio_context.shape)}")
+            tokens_per_frame = seq // frames
+        if audio_context.shape[0] != batch or tokens_per_frame < 1 or token_offset < 0 \
+                or token_offset + seq > frames * tokens_per_frame:
+            raise ValueError(f"tokens {token_offset}…{token_offset + seq - 1} ({tokens_per_frame} a frame) in a "
+                             f"batch of {batch} do not fit audio of shape {list(audio_context.shape)}")
+        first = token_offset // tokens_per_frame  # the shard's first (global) latent frame
+        lead = token_offset - first * tokens_per_frame  # its tokens before the shard starts
+        span = -(-(lead + seq) // tokens_per_frame)  # frames the shard touches
+        trail = span * tokens_per_frame - lead - seq
+        query = self.q_linear(hidden_states)
+        if lead or trail:
+            query = F.pad(query, (0, 0, lead, trail))
+        query = query.reshape(batch * span, tokens_per_frame, self.heads, -1)
+        context = audio_context[:, first:first + span]
+        kv = self.kv_linear(context.reshape(batch * span, count, -1))
+        key, value = kv.reshape(batch * span, count, 2, self.heads, -1).unbind(2)
+        out = dispatch_attention_fn(query, key, value)  # [B·span, tokens_per_frame, heads, head_dim], local
+        out = out.reshape(batch, span * tokens_per_frame, dim)
+        if lead or trail:
+            out = out[:, lead:lead + seq]
+        return self.proj(out.type_as(hidden_states))
+
+
+class InfiniteTalkTokenPositions(nn.Module):
+    """Each latent token's global index, [1, S] (int64): no parameters. The model calls it on the whole token
+    sequence; under context parallelism `_cp_plan` splits its output along with the tokens, so a rank reads
+    which global tokens (and hence which latent frames) its shard holds."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
 
 
 class InfiniteTalkTransformerBlock(WanTransformerBlock):
@@ -151,10 +192,11 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
         self.norm_x = FP32LayerNorm(dim, eps, elementwise_affine=True) if norm_input else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
-                rotary_emb: tuple[torch.Tensor, torch.Tensor], audio_context: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                rotary_emb: tuple[torch.Tensor, torch.Tensor], audio_context: torch.Tensor | None = None,
+                token_offset: int = 0, tokens_per_frame: int | None = None) -> torch.Tensor:
         """As `WanTransformerBlock.forward`; with `audio_context` [B, F_latent, M, C] the audio residual is
-        added after the cross-attention. Without it this is diffusers' block exactly."""
+        added after the cross-attention. Without it this is diffusers' block exactly. `token_offset` and
+        `tokens_per_frame` place a context-parallel shard of the tokens (see `InfiniteTalkAudioAttention`)."""
         if audio_context is None:
             return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
         if temb.ndim != 3:
@@ -172,7 +214,8 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
         hidden_states = hidden_states + self.attn2(normed, encoder_hidden_states, None, None)
 
         # audio cross-attention, frame-local
-        hidden_states = hidden_states + self.audio_cross_attn(self.norm_x(hidden_states), audio_context)
+        hidden_states = hidden_states + self.audio_cross_attn(
+            self.norm_x(hidden_states), audio_context, token_offset=token_offset, tokens_per_frame=tokens_per_frame)
 
         # feed-forward (modulated, gated residual)
         normed = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
@@ -193,7 +236,22 @@ class InfiniteTalkTransformer(WanTransformer3DModel):
 
     _no_split_modules = ["InfiniteTalkTransformerBlock"]
     _repeated_blocks = ["InfiniteTalkTransformerBlock"]
-    _cp_plan = None  # the audio attention regroups tokens by frame: a sequence split would cut frames apart
+    # Wan's plan (diffusers' `WanTransformer3DModel._cp_plan`) less its per-token `timestep` split (Wan2.2 only:
+    # InfiniteTalk takes one timestep per sample), plus `token_positions`, split like the tokens so each block knows
+    # its shard's global offset. The text/image context and the audio tokens stay whole on every rank.
+    _cp_plan = {
+        "rope": {
+            0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+            1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+        },
+        "token_positions": {
+            0: ContextParallelInput(split_dim=1, expected_dims=2, split_output=True),
+        },
+        "blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(
@@ -246,6 +304,7 @@ class InfiniteTalkTransformer(WanTransformer3DModel):
             window=audio_window, window_vf=audio_window_vf, layers=audio_layers, dim=audio_dim,
             inner_dim=audio_inner_dim, tokens=audio_tokens, token_dim=audio_token_dim, norm_output=audio_norm_output,
         )
+        self.token_positions = InfiniteTalkTokenPositions()
         for block in self.blocks:
             # The blocks diffusers built gain the audio modules; their own modules (and names) stay as built.
             block.__class__ = InfiniteTalkTransformerBlock
@@ -310,13 +369,23 @@ class InfiniteTalkTransformer(WanTransformer3DModel):
             context = torch.cat([context_image, context], dim=1)
         audio = self.audio_context(audio_embeds, batch=batch, latent_frames=post_f, device=tokens.device,
                                    dtype=tokens.dtype)
+        # Global indices of the tokens the blocks will see: all of them, or this rank's shard under CP.
+        positions = self.token_positions(tokens)
+        offset = 0  # unsplit: read no values (one sync fewer, and the meta device has none)
+        if positions.shape[1] != tokens.shape[1]:
+            offset, last = (int(i) for i in positions[0, [0, -1]].tolist())
+            if last - offset + 1 != positions.shape[1]:
+                raise ValueError(f"a context-parallel shard must be contiguous, got tokens {offset}…{last} "
+                                 f"for {positions.shape[1]}")
+        per_frame = post_h * post_w
 
         checkpointing = torch.is_grad_enabled() and self.gradient_checkpointing
         for block in self.blocks:
             if checkpointing:
-                tokens = self._gradient_checkpointing_func(block, tokens, context, timestep_proj, rotary_emb, audio)
+                tokens = self._gradient_checkpointing_func(block, tokens, context, timestep_proj, rotary_emb, audio,
+                                                           offset, per_frame)
             else:
-                tokens = block(tokens, context, timestep_proj, rotary_emb, audio)
+                tokens = block(tokens, context, timestep_proj, rotary_emb, audio, offset, per_frame)
 
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         shift, scale = shift.to(tokens.device), scale.to(tokens.device)
