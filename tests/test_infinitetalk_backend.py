@@ -116,3 +116,12 @@ def test_the_render_uses_the_avatars_lora(trained):
         after = transformer(**inputs)[0]
     assert not torch.allclose(plain, adapted)
     assert torch.equal(plain, after)  # the adapter is gone again: the cached transformer is shared
+
+
+def test_a_brief_can_name_a_quantization_method(trained):
+    runner, _ = trained
+    job = drain(runner, submit(runner, "int8.yaml", "avatar: ann\nscript: Quantized hello.\nquantization: int8\n"))
+    assert job.status.value == "succeeded", job.error
+    quantization = job.stages["render"].metrics["quantization"]
+    assert quantization["method"] == "int8" and quantization["layers"] > 0
+    assert quantization["reason"] == "int8: named in the brief"

@@ -16,6 +16,7 @@ from functions.quantization.description import ModelDescription
 from functions.quantization.gpus import GiB, GpuSpec, parse_gpu
 from functions.quantization.infinitetalk import (
     CHUNK_FRAMES,
+    RENDERER_VAE_TILING,
     InfiniteTalkJob,
     infinitetalk_spec,
     resolution_size,
@@ -32,9 +33,9 @@ err = Console(stderr=True)
 TRAIN = TrainJob()  # the CLI's train defaults are the train job's
 MOCHI_BACKEND, INFINITETALK_BACKEND = "mochi-lora", "infinitetalk"
 BACKENDS = (MOCHI_BACKEND, INFINITETALK_BACKEND)
-INFINITETALK_NOTE = ("infinitetalk: UMT5, CLIP, wav2vec2 and the VAE (fp32) count as resident models too; activations "
-                     "follow InfiniteTalk's code (float64 RoPE, the reference-attention map in every block). Layer-by-"
-                     "layer weight streaming (its num_persistent_param_in_dit=0) is not modelled.")
+INFINITETALK_NOTE = ("infinitetalk: UMT5, CLIP, wav2vec2 (fp32) and the VAE (fp32) are models too; activations follow "
+                     "the renderer (diffusers' Wan attention, SDPA). Layer-by-layer weight streaming (InfiniteTalk's "
+                     "num_persistent_param_in_dit=0) is not modelled.")
 
 
 def plan_command(
@@ -60,8 +61,14 @@ def plan_command(
     audio_guidance_scale: Annotated[float, typer.Option(help="infinitetalk: the audio guidance.")] = 4.0,
     cfg_batched: Annotated[bool, typer.Option(
         "--cfg-batched/--cfg-sequential",
-        help="infinitetalk: run the guidance passes as one batch (the reference runs them one after another).",
+        help="infinitetalk: run the guidance passes as one batch (the renderer runs them one after another).",
     )] = False,
+    vae_tiling: Annotated[bool, typer.Option(
+        help="infinitetalk: plan the VAE tiled (the renderer runs it untiled today; Mochi's is always tiled).",
+    )] = RENDERER_VAE_TILING,
+    audio_seconds: Annotated[Optional[float], typer.Option(
+        min=0.1, help="infinitetalk: seconds of speech wav2vec2 encodes at once (the renderer: the whole take); "
+        "default: the chunk's.")] = None,
     job: Annotated[str, typer.Option(help="render | train (LoRA training of the avatar).")] = "render",
     batch_size: Annotated[int, typer.Option(min=1, help="train: clips per step.")] = TRAIN.batch_size,
     resolution: Annotated[Optional[str], typer.Option(
@@ -89,7 +96,8 @@ def plan_command(
                 raise VideostudioError("unsupported_job", "--backend infinitetalk plans renders only")
             spec, plan, what = _infinitetalk_plan(target, methods, width=width, height=height, frames=frames,
                                                   resolution=resolution, guidance_scale=guidance_scale,
-                                                  audio_guidance_scale=audio_guidance_scale, cfg_batched=cfg_batched)
+                                                  audio_guidance_scale=audio_guidance_scale, cfg_batched=cfg_batched,
+                                                  vae_tiling=vae_tiling, audio_seconds=audio_seconds)
             print_plan(plan, spec, what, footnote=INFINITETALK_NOTE)
             return
         spec = model_spec(model_configs(model))
@@ -130,20 +138,22 @@ def _train_resolution(text: str | None) -> int:
 
 def _infinitetalk_plan(target: GpuSpec, methods: tuple[str, ...], *, width: int | None, height: int | None,
                        frames: int | None, resolution: str | None, guidance_scale: float | None,
-                       audio_guidance_scale: float, cfg_batched: bool) -> tuple[ModelDescription, Plan, str]:
+                       audio_guidance_scale: float, cfg_batched: bool, vae_tiling: bool,
+                       audio_seconds: float | None) -> tuple[ModelDescription, Plan, str]:
     """One InfiniteTalk chunk: the --resolution bucket (or --width/--height, snapped to multiples of 16)."""
     name = (resolution or "480p").strip().lower()
     bucket_w, bucket_h = resolution_size(name)
     w, h = (((v or default) // 16) * 16 for v, default in ((width, bucket_w), (height, bucket_h)))
     render = InfiniteTalkJob(width=w, height=h, num_frames=snap_chunk_frames(frames or CHUNK_FRAMES),
                              guidance_scale=5.0 if guidance_scale is None else guidance_scale,
-                             audio_guidance_scale=audio_guidance_scale, cfg_batched=cfg_batched)
+                             audio_guidance_scale=audio_guidance_scale, cfg_batched=cfg_batched,
+                             audio_seconds=audio_seconds)
     spec = infinitetalk_spec()
-    plan = plan_render(spec, render, target, methods)
+    plan = plan_render(spec, render, target, methods, vae_tiling=vae_tiling)
     size = name if (w, h) == (bucket_w, bucket_h) else "custom size"
     how = "in one batch" if cfg_batched else "one after another"
-    what = (f"render {w}×{h} ({size}), one {render.num_frames}-frame chunk, {render.passes} guidance passes "
-            f"{how}, {plan.tokens:,} tokens")
+    passes = "1 guidance pass" if render.passes == 1 else f"{render.passes} guidance passes {how}"
+    what = f"render {w}×{h} ({size}), one {render.num_frames}-frame chunk, {passes}, {plan.tokens:,} tokens"
     return spec, plan, what
 
 
@@ -182,9 +192,10 @@ def print_plan(plan: Plan, spec: ModelDescription, what: str, *, footnote: str |
     console.print(table)
     for note in notes:
         console.print(f"[yellow]n/a[/yellow] {note}")
+    tiling = "with tiling" if not plan.rows or plan.rows[0].no_offload.vae_tiling else "untiled"
     console.print(f"resident: all models on the GPU; offload: diffusers model CPU offload (one model at a time).\n"
                   f"fits = estimated peak + {RESERVE_BYTES / GiB:.0f} GiB reserve (CUDA context, allocator) ≤ GPU "
-                  "memory; VAE decode with tiling. Estimates, not measurements.")
+                  f"memory; VAE decode {tiling}. Estimates, not measurements.")
     if footnote:
         console.print(footnote)
     colour = "green" if plan.recommended else "red"

@@ -44,7 +44,12 @@ from functions.lora_dataset import load_face_records
 from functions.lora_stage import latest_checkpoint, lora_hooks, quality_score, rounded, run_metrics
 from functions.lora_training import Precision, TrainConfig, add_lora, evaluate, run_training, steps_per_epoch
 from functions.loss_curve import write_loss_curve
-from functions.models.infinitetalk_loading import InfiniteTalkModels, fresh_transformer, load_models
+from functions.models.infinitetalk_loading import (
+    InfiniteTalkModels,
+    fresh_transformer,
+    load_models,
+    resolve_quantization,
+)
 from functions.reference_footage import reference_segment
 from schemas.avatar import AvatarManifest
 from schemas.brief import InfiniteTalkOptions, TrainBrief
@@ -213,8 +218,15 @@ class InfiniteTalkBackend(AvatarBackend):
         reference = np.asarray(Image.open(local["reference_image"]).convert("RGB"))
         height, width = reference.shape[:2]
         device = pick_device(ctx.settings.device)
+        warnings: list[str] = []
+        quantization = resolve_quantization(
+            plan.quantization, device, height=height, width=width, chunk_frames=options.chunk_frames,
+            text_guidance=options.text_guidance, audio_guidance=options.audio_guidance, speech_s=plan.duration_s)
+        if quantization.offload_advised:
+            warnings.append(f"{quantization.reason}; model CPU offload is not implemented for infinitetalk yet, so "
+                            "the models run resident (a smaller method or a larger GPU if this runs out of memory)")
         ctx.progress(0.0, f"loading {options.base_model}")
-        models = load_models(options, device=device)
+        models = load_models(options, device=device, method=quantization.method)
         wave = prepare_wave(ctx.storage.download(plan.speech.key, ctx.scratch / "speech.wav"))
         features = models.speech.features(wave, frames=plan.num_frames)
         source = reference if options.mode == "image" else self._footage(local["reference"])
@@ -258,10 +270,11 @@ class InfiniteTalkBackend(AvatarBackend):
             "render_s": round(render_s, 3), "s_per_chunk": round(render_s / len(chunks), 3),
             "realtime_factor": round(plan.duration_s / render_s, 4) if render_s else None,
             "random_weights": models.random_weights,
+            "quantization": {**(models.quantization or {"method": quantization.method}), "reason": quantization.reason},
         }
         return StageResult(outputs={"video": video_key, "poster": poster_key},
                            job_outputs={"video": video_key, "poster": poster_key}, metrics=metrics,
-                           model_id=avatar.base_model)
+                           warnings=warnings, model_id=avatar.base_model)
 
     @staticmethod
     @contextlib.contextmanager

@@ -33,20 +33,39 @@ class InfiniteTalkModels:
     speech: SpeechEncoder
     random_weights: bool
     dtype: torch.dtype
+    quantization: dict[str, Any] | None = None  # what quantizing did (method, backend, layers, weight bytes)
 
 
 _cache: dict[tuple, InfiniteTalkModels] = {}
 _lock = threading.Lock()
 
 
-def load_models(options: InfiniteTalkOptions, *, device: str, dtype: torch.dtype | None = None) -> InfiniteTalkModels:
-    """The models `options` name, on `device` (bf16 on CUDA, fp32 on a CPU unless `dtype` says otherwise)."""
+def load_models(options: InfiniteTalkOptions, *, device: str, dtype: torch.dtype | None = None,
+                method: str = "none") -> InfiniteTalkModels:
+    """The models `options` name, on `device` (bf16 on CUDA, fp32 on a CPU unless `dtype` says otherwise).
+    `method`: a quantization method (functions/quantization) for the transformer and the text encoder, by
+    INFINITETALK_QUANTIZATION's rules; "none" leaves them in `dtype`. Each method is its own cached copy."""
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-    key = (options.base_model, options.weights, options.components, options.audio_encoder, device, dtype)
+    key = (options.base_model, options.weights, options.components, options.audio_encoder, device, dtype, method)
     with _lock:
         if key not in _cache:
-            _cache[key] = _tiny(device, dtype) if options.base_model == TINY else _real(options, device, dtype)
+            models = _tiny(device, dtype) if options.base_model == TINY else _real(options, device, dtype)
+            if method != "none":
+                models.quantization = _quantize(models.components, method, device)
+            _cache[key] = models
         return _cache[key]
+
+
+def _quantize(components: InfiniteTalkComponents, method: str, device: str) -> dict[str, Any]:
+    from functions.quantization.infinitetalk import INFINITETALK_QUANTIZATION as rules
+
+    reports = {}
+    for name in ("transformer", "text_encoder"):
+        module = getattr(components, name)
+        reports[name] = rules.quantize_module(module, rules.method_for(name, method), device=device)
+    primary = reports["transformer"]
+    return {"method": method, "backend": primary.backend, "layers": primary.layers,
+            "weight_bytes": sum(r.weight_bytes for r in reports.values())}
 
 
 def fresh_transformer(options: InfiniteTalkOptions, *, device: str, dtype: torch.dtype | None = None):
@@ -107,3 +126,35 @@ def _real(options: InfiniteTalkOptions, device: str, dtype: torch.dtype) -> Infi
         shift=DEFAULT_SHIFT_480P), **parts)
     _place(components, device, dtype, transformer=False)
     return InfiniteTalkModels(components=components, speech=speech, random_weights=False, dtype=dtype)
+
+
+CPU_AUTO = "auto on a CPU: float32, unquantized (quantized formats save GPU memory; on a CPU they only cost time)"
+
+
+@dataclass(frozen=True)
+class QuantizationChoice:
+    method: str  # a functions/quantization method, or "none" (the models' own dtype)
+    reason: str
+    offload_advised: bool = False
+
+
+def resolve_quantization(requested: str, device: str, *, height: int, width: int, chunk_frames: int,
+                         text_guidance: float, audio_guidance: float, speech_s: float) -> QuantizationChoice:
+    """What a render quantizes with, and why. CPU: `auto` is float32; a method named in the brief runs if the
+    CPU can run it. CUDA: `auto` asks the planner (functions/quantization/infinitetalk.py) with the free memory
+    and the card's capability (INFINITETALK-009); a named method is used as is."""
+    from core.device import usable_cuda_bytes
+    from functions.quantization.infinitetalk import InfiniteTalkJob, choose_quantization
+    from functions.quantization.methods import check_supported
+
+    if requested != "auto":
+        check_supported(requested, device)
+        return QuantizationChoice("none" if requested == "bf16" and device == "cuda" else requested,
+                                  f"{requested}: named in the brief")
+    if device != "cuda":
+        return QuantizationChoice("none", CPU_AUTO)
+    job = InfiniteTalkJob(width=width, height=height, num_frames=chunk_frames, guidance_scale=text_guidance,
+                          audio_guidance_scale=audio_guidance, audio_seconds=speech_s)
+    choice = choose_quantization(job, free_bytes=usable_cuda_bytes(), capability=torch.cuda.get_device_capability(),
+                                 device_name=torch.cuda.get_device_name())
+    return QuantizationChoice("none" if choice.method == "bf16" else choice.method, choice.reason, choice.offload)

@@ -66,11 +66,14 @@ AUDIO_SAMPLE_RATE = 16_000  # wav2vec2's input
 # for infinitetalk-480 has 448×896 at ratio 0.50, ASPECT_RATIO_960 for infinitetalk-720 has 704×1280 at 0.55).
 # A 9:16 portrait gets 448×832 at 480p (1,456 tokens a latent frame, against 1,568); Wan's own 480×832 has 1,560.
 RESOLUTIONS: dict[str, tuple[int, int]] = {"480p": (896, 448), "720p": (1280, 704)}
+# functions/infinitetalk_pipeline.py decodes (and encodes) with the VAE untiled today: 8 GiB at 480p, 18 at 720p,
+# against 1.8 and 3.8 tiled. Plans and `auto` follow it until the renderer calls `vae.enable_tiling()`.
+RENDERER_VAE_TILING = False
 
 # -- quantization rules -------------------------------------------------------------------------------------
 # Kept in bf16: the patch embedding (a conv), the conditioning embedders (text, timestep and its shared
-# adaLN projection, CLIP image, audio projection) and the output head; under InfiniteTalk's names and under
-# diffusers' (`condition_embedder`, `proj_out`), for a renderer built on either.
+# adaLN projection, CLIP image, audio projection) and the output projection; under diffusers' names (the
+# renderer's: `condition_embedder`, `proj_out`) and the official ones (an official `WanModel`: `head`, ...).
 SKIP_PATTERNS: tuple[str, ...] = (
     r"(^|\.)patch_embedding(\.|$)",
     r"(^|\.)(text_embedding|time_embedding|time_projection|img_emb|audio_proj)(\.|$)",
@@ -105,6 +108,8 @@ OFFICIAL_ROPE_PHASE_BYTES = 28
 OFFICIAL_REF_PHASE_BYTES = 20
 REF_MAP_SPLITS = 2           # get_attn_map_with_target(split_num=2): heads / 2 at a time
 REF_MAP_COPIES = 2
+# The FFN's matmuls: the stream, its input, the first Linear's output and its GELU (bf16): 2·dim + 2·ffn
+# elements, under the gated residual at Wan's widths.
 FFN_PHASE_ELEMS = (2, 2)     # (× dim, × ffn_dim), bf16
 CONTEXT_COPIES = 3           # text_embedding out, img_emb out, and their concatenation (bf16)
 # Wan VAE (fp32 here): decoding runs one latent frame at a time with a cache of each causal conv's last 2
@@ -208,15 +213,13 @@ class InfiniteTalkJob(RenderJob):
     audio_guidance_scale: float = 4.0    # --sample_audio_guide_scale
     cfg_batched: bool = False            # the renderer, like the reference, runs the passes one after another
     official_attention: bool = False     # the official code's float64 RoPE and reference-attention map
-    audio_seconds: float | None = None   # speech wav2vec2 encodes at once (the renderer: the whole take); None: the chunk's
+    audio_seconds: float | None = None   # speech wav2vec2 encodes at once (renderer: the whole take); None: chunk's
 
     @property
     def passes(self) -> int:
-        """Transformer passes per step, as wan/multitalk.py runs them: cond, no text, no text nor audio;
-        with text guidance 1, cond and no audio."""
-        if not math.isclose(self.guidance_scale, 1.0):
-            return 3
-        return 2 if not math.isclose(self.audio_guidance_scale, 1.0) else 1
+        """Transformer passes a step, as the renderer runs them (infinitetalk_pipeline.guided_velocity): cond, no
+        text, neither; a guidance of 1 drops one (the official drops none for audio guidance 1)."""
+        return 1 + (not math.isclose(self.guidance_scale, 1.0)) + (not math.isclose(self.audio_guidance_scale, 1.0))
 
     @property
     def batch(self) -> int:
@@ -487,7 +490,8 @@ def image_encoder_activation_bytes(spec: InfiniteTalkSpec) -> int:
     c = spec.config
     seq = c.image_tokens
     hidden = (c.clip_layers + 1) * seq * c.clip_dim * 2
-    return seq * (4 * c.clip_dim + 2 * c.clip_ff) * 2 + c.clip_heads * seq * seq * 4 + hidden + 3 * c.clip_image ** 2 * 4
+    work = seq * (4 * c.clip_dim + 2 * c.clip_ff) * 2 + c.clip_heads * seq * seq * 4
+    return work + hidden + 3 * c.clip_image ** 2 * 4
 
 
 def audio_encoder_activation_bytes(spec: InfiniteTalkSpec, job: InfiniteTalkJob) -> int:
@@ -606,8 +610,9 @@ def infinitetalk_spec(skip: Iterable[str] = (), config: InfiniteTalkConfig = WAN
 
 
 def choose_quantization(job: InfiniteTalkJob, *, free_bytes: int, capability: tuple[int, int] | None,
-                        device_name: str = "cuda", skip: Iterable[str] = ()) -> AutoChoice:
+                        device_name: str = "cuda", skip: Iterable[str] = (),
+                        vae_tiling: bool = RENDERER_VAE_TILING) -> AutoChoice:
     """`quantization: auto` for an InfiniteTalk render on a GPU: the planner's best-quality method that fits
     `free_bytes` (QUALITY_ORDER; model CPU offload if needed), else the smallest with offload."""
     return choose_for_device(infinitetalk_spec(skip), job, free_bytes=free_bytes, capability=capability,
-                             device_name=device_name)
+                             device_name=device_name, vae_tiling=vae_tiling)

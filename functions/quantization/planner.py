@@ -138,9 +138,11 @@ class Plan:
     tokens: int = 0
 
 
-def plan_render(spec: ModelDescription, job: RenderJob, gpu: GpuSpec, methods: Sequence[str] = METHODS) -> Plan:
+def plan_render(spec: ModelDescription, job: RenderJob, gpu: GpuSpec, methods: Sequence[str] = METHODS, *,
+                vae_tiling: bool = True) -> Plan:
     """Every method's estimate on `gpu`, and the best-quality one that fits (no offload first)."""
-    rows = [PlanRow(m, estimate_render(spec, job, m, offload="none"), estimate_render(spec, job, m, offload="model"),
+    rows = [PlanRow(m, estimate_render(spec, job, m, offload="none", vae_tiling=vae_tiling),
+                    estimate_render(spec, job, m, offload="model", vae_tiling=vae_tiling),
                     method_note(m, gpu)) for m in methods]
     return _recommend(rows, gpu, kind="render", tokens=render_tokens(spec, job))
 
@@ -180,11 +182,12 @@ class AutoChoice:
 
 
 def choose_for_device(spec: ModelDescription, job: RenderJob, *, free_bytes: int,
-                      capability: tuple[int, int] | None, device_name: str = "cuda") -> AutoChoice:
+                      capability: tuple[int, int] | None, device_name: str = "cuda",
+                      vae_tiling: bool = True) -> AutoChoice:
     """`quantization: auto` on a GPU: the best-quality method that fits the free memory now.
     If none does, the smallest one with offload (the estimate may be pessimistic)."""
     gpu = GpuSpec(device_name, free_bytes, capability)
-    plan = plan_render(spec, job, gpu)
+    plan = plan_render(spec, job, gpu, vae_tiling=vae_tiling)
     free = f"{free_bytes / GiB:.1f} GiB free on {device_name}"
     if plan.recommended_estimate is not None:
         e = plan.recommended_estimate
@@ -201,13 +204,14 @@ def choose_for_device(spec: ModelDescription, job: RenderJob, *, free_bytes: int
                       smallest.offload.peak_bytes)
 
 
-def choose_offload(spec: ModelDescription, job: RenderJob, method: str, *, free_bytes: int) -> AutoChoice:
+def choose_offload(spec: ModelDescription, job: RenderJob, method: str, *, free_bytes: int,
+                   vae_tiling: bool = True) -> AutoChoice:
     """A method named in the brief, on a GPU: resident when it is estimated to fit, else with model CPU offload."""
-    resident = estimate_render(spec, job, method, offload="none")
+    resident = estimate_render(spec, job, method, offload="none", vae_tiling=vae_tiling)
     if resident.fits(free_bytes):
         return AutoChoice(method, False, f"{method}: named in the brief; fits without offload "
                           f"({resident.peak_bytes / GiB:.1f} GiB estimated)", resident.peak_bytes)
-    offloaded = estimate_render(spec, job, method, offload="model")
+    offloaded = estimate_render(spec, job, method, offload="model", vae_tiling=vae_tiling)
     return AutoChoice(method, True, f"{method}: named in the brief; model CPU offload "
                       f"({offloaded.peak_bytes / GiB:.1f} GiB estimated, {free_bytes / GiB:.1f} GiB free)",
                       offloaded.peak_bytes)
