@@ -1,9 +1,19 @@
 """The Modal app for videostudio: one function per stage, its GPU, volumes, secret and schedule.
 
 Wiring only. Every function hands its message to the same `Runner` the local workers use
-(`core/runner.py`); the routing table is `functions/routes.py`; the reconciler and inbox
+(`core/runner.py`); the routing tables are `functions/routes.py`; the reconciler and inbox
 scan are `triggers/reconciler.py`. Messages travel by spawning the next function
 (`core/queue/spawn.py`).
+
+Per-backend GPU functions: a backend listed in `functions/routes.py` `BACKEND_FUNCTIONS` has its
+train and render stages run by methods of a class of its own (`InfiniteTalk.train`,
+`InfiniteTalk.render`), whose container loads the backend's models once (`@modal.enter`).
+The queue's `route` hook picks them: for a train or render message it reads the job's manifest
+(one GET per such spawn, and one more when the receiving function checks it is the right one).
+Every other backend's train and render go to `run_train` / `run_render`.
+
+The image pins exact versions (scripts/modal-requirements.txt, written by scripts/lock-modal.sh),
+so that two deploys build the same image.
 
 Deploy (docs/deploy.md has the whole walk-through for AWS S3, R2, MinIO and Ceph):
     modal secret create videostudio VIDEOSTUDIO_BUCKET=s3://my-bucket/studio \
@@ -36,11 +46,12 @@ from typing import Any
 
 import modal
 
+from core.jobs import ManifestStore
 from core.queue.spawn import SpawnQueue
 from core.runner import Runner
 from core.settings import Settings
 from core.storage import is_s3_uri, open_storage
-from functions.routes import default_pipeline
+from functions.routes import ROUTED_STAGES, default_pipeline, stage_function
 from schemas.events import TaskMessage
 from triggers.reconciler import InboxScanner, run_once
 
@@ -52,12 +63,34 @@ HOURS = 60 * MINUTES
 
 BUCKET_MOUNT = "/bucket"
 BUCKET_VOLUME = "videostudio-bucket"
-MODELS_MOUNT = "/models"  # the Hugging Face cache, so real Mochi weights download once
+MODELS_MOUNT = "/models"  # the Hugging Face cache, so real Mochi and InfiniteTalk weights download once
 MODELS_VOLUME = "videostudio-models"
 SECRET_NAME = "videostudio"  # VIDEOSTUDIO_BUCKET, AWS_*, VIDEOSTUDIO_WEBHOOK_SECRET, VIDEOSTUDIO_API_TOKEN, HF_TOKEN, ...
 
 RENDER_GPUS = ["H100", "A100-80GB"]  # in order of preference
 TRAIN_GPUS = ["H100", "A100-80GB"]
+
+
+def gpu_list(value: str | None, default: list[str]) -> list[str]:
+    """A comma-separated list of Modal GPU names ("L40S, L4", "A100-80GB:2"); the default when empty."""
+    names = [name.strip() for name in (value or "").split(",") if name.strip()]
+    return names or list(default)
+
+
+# backend: infinitetalk (Wan2.1-I2V-14B + audio, 18.9 B parameters: 35.2 GiB in bf16, about 51 GiB at the
+# peak of a 480p chunk with every model resident, per `videostudio plan --backend infinitetalk`): bf16
+# needs an 80 GB card, and so does training its LoRA. VIDEOSTUDIO_INFINITETALK_GPUS, read when
+# `modal deploy` imports this file, replaces the list for a low-memory, render-only deployment
+# (docs/deploy.md: fp8 on a 48 GB L40S or an A100-40GB; a 24 GB L4/A10G needs nf4, or fp8 with model
+# CPU offload, which the planner puts just over 24 GB).
+INFINITETALK_GPUS = gpu_list(os.environ.get("VIDEOSTUDIO_INFINITETALK_GPUS"), ["H100", "A100-80GB"])
+INFINITETALK_CLASS = "InfiniteTalk"
+INFINITETALK_TRAIN = f"{INFINITETALK_CLASS}.train"  # the names functions/routes.py BACKEND_FUNCTIONS uses
+INFINITETALK_RENDER = f"{INFINITETALK_CLASS}.render"
+# In the container (the Secret): 0 skips loading the default checkpoint at container start, for a
+# deployment whose avatars use another `infinitetalk.base_model` (or one that loads quantized weights).
+INFINITETALK_PRELOAD_ENV = "VIDEOSTUDIO_INFINITETALK_PRELOAD"
+
 # The reconciler re-sends a queued stage whose manifest has not changed for lease_s / 4, and
 # re-runs a running stage whose heartbeat is older than lease_s: keep lease_s / 4 above a GPU
 # cold start (image pull + container start), so a slow start is not mistaken for a lost message.
@@ -65,10 +98,13 @@ LEASE_S = 10 * MINUTES
 RECONCILE_EVERY_MINUTES = 2
 MAX_WAIT_S = 5 * MINUTES  # one wake_later call waits at most this long, then chains
 
-TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]  # scripts/lock-modal.sh holds the lock to these
 FACENET = "facenet-pytorch==2.6.0"  # its metadata pins old torch/numpy: installed with --no-deps
 SOURCE_PACKAGES = ["core", "schemas", "functions", "triggers"]
-PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
+REPO_ROOT = Path(__file__).resolve().parent
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+# Exact pins of pyproject.toml's runtime dependency closure: re-lock with scripts/lock-modal.sh.
+MODAL_REQUIREMENTS = REPO_ROOT / "scripts" / "modal-requirements.txt"
 
 STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "train": "run_train", "render": "run_render"}
 WEBHOOK_FUNCTION = "run_webhook"
@@ -80,9 +116,9 @@ app = modal.App(APP_NAME)
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .apt_install("ffmpeg")  # Debian's package brings ffprobe too
-    .pip_install(*TORCH_PINS)
-    # The project's own dependencies, read from pyproject.toml when the image is built (torch is already satisfied).
-    .pip_install_from_pyproject(str(PYPROJECT))
+    .pip_install(*TORCH_PINS)  # a layer of its own: re-locking the rest does not download torch again
+    # Everything else, pinned exactly (the lock holds torch at TORCH_PINS, so this layer keeps it).
+    .pip_install_from_requirements(str(MODAL_REQUIREMENTS))
     .run_commands(f"python -m pip install --no-deps {FACENET}")
     .env({
         "VIDEOSTUDIO_LEASE_S": str(LEASE_S),
@@ -103,12 +139,33 @@ webhook_retries = modal.Retries(max_retries=2, backoff_coefficient=2.0, initial_
 
 
 # ---------------------------------------------------------------------------- wiring helpers
-def spawn_target(name: str) -> Any:
-    """The app's function called `name`. Inside the app's containers these handles are hydrated."""
+def app_handle(name: str) -> Any:
+    """The app's function called `name`, or for "Cls.method" that method of the app's class (the app-local
+    class: inside the app's containers it is hydrated, like the functions)."""
+    if "." in name:
+        cls_name, method = name.split(".", 1)
+        return getattr(CLASSES[cls_name](), method)
     return FUNCTIONS[name]
 
 
-def make_queue(settings: Settings) -> SpawnQueue:
+def spawn_target(name: str) -> Any:
+    """What the queue spawns for a function name. Inside the app's containers these handles are hydrated."""
+    return app_handle(name)
+
+
+def backend_route(store: ManifestStore, task: TaskMessage) -> str | None:
+    """The queue's route: a train or render message of a backend with functions of its own (functions/routes.py
+    BACKEND_FUNCTIONS) goes to them. Reads the job's manifest: one GET per train/render spawn (none for
+    prepare, align or webhooks). No manifest, or one that names no such backend: None (the stage's function)."""
+    if task.stage not in ROUTED_STAGES:
+        return None
+    manifest = store.load(task.job_id)
+    return stage_function(manifest, task.stage) if manifest is not None else None
+
+
+def make_queue(settings: Settings, store: ManifestStore | None = None) -> SpawnQueue:
+    """The spawn queue; with the bucket's `store`, train and render are routed per backend (`backend_route`).
+    Without one (wake_later, which has no bucket) every stage goes to its stage function."""
     return SpawnQueue(
         app_name=APP_NAME,
         stage_functions=STAGE_FUNCTIONS,
@@ -116,6 +173,7 @@ def make_queue(settings: Settings) -> SpawnQueue:
         delay_function=DELAY_FUNCTION,
         resolve=lambda name: spawn_target(name),  # looked up per spawn, so tests can swap it
         max_attempts=settings.queue_lease_attempts,
+        route=(lambda task: backend_route(store, task)) if store is not None else None,
     )
 
 
@@ -135,8 +193,9 @@ def wiring() -> tuple[Runner, SpawnQueue, InboxScanner]:
     """One runner per container and bucket (the scanner remembers what it already hashed)."""
     settings = Settings(bucket=bucket_uri())
     if settings.bucket not in _runners:
-        queue = make_queue(settings)
-        runner = Runner(open_storage(settings.bucket, settings=settings), queue, default_pipeline(), settings)
+        storage = open_storage(settings.bucket, settings=settings)
+        queue = make_queue(settings, ManifestStore(storage))
+        runner = Runner(storage, queue, default_pipeline(), settings)
         _runners[settings.bucket] = (runner, queue, InboxScanner(runner))
     return _runners[settings.bucket]
 
@@ -160,9 +219,10 @@ def handle(function_name: str, message: dict[str, Any], attempt: int) -> dict[st
     with queue.hold():  # spawns leave after the commit below, so the next function sees these writes
         reload_bucket()
         try:
-            if queue.function_for(task) != function_name:
-                queue.dispatch(task, attempt=attempt)  # delivered to the wrong function: pass it on
-                return {"job_id": task.job_id, "forwarded_to": queue.function_for(task)}
+            target = queue.function_for(task)  # a train/render message: one manifest GET (backend_route)
+            if target != function_name:
+                queue.dispatch(task, attempt=attempt, function=target)  # delivered to the wrong function: pass it on
+                return {"job_id": task.job_id, "forwarded_to": target}
             runner.process(SpawnQueue.lease(task, attempt=attempt))
         finally:
             commit_bucket()
@@ -212,12 +272,13 @@ def run_webhook(message: dict, attempt: int = 1) -> dict:
 
 @app.function(image=image, secrets=secrets, cpu=0.125, memory=256, timeout=MAX_WAIT_S + 2 * MINUTES,
               retries=modal.Retries(max_retries=3, backoff_coefficient=1.0, initial_delay=1.0))
-def wake_later(message: dict, attempt: int, delay_s: float) -> None:
-    """A delayed message: wait here (not in the caller), then send it on. Longer waits chain."""
+def wake_later(message: dict, attempt: int, delay_s: float, function: str | None = None) -> None:
+    """A delayed message: wait here (not in the caller), then send it on to `function`, the one the sender
+    chose (None: the stage's function). Longer waits chain."""
     wait = min(delay_s, MAX_WAIT_S)
     time.sleep(wait)
     queue = make_queue(Settings())  # no bucket here: this function only sends
-    queue.dispatch(TaskMessage.model_validate(message), attempt=attempt, delay_s=delay_s - wait)
+    queue.dispatch(TaskMessage.model_validate(message), attempt=attempt, delay_s=delay_s - wait, function=function)
 
 
 @app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume}, secrets=secrets, cpu=1.0, memory=2048,
@@ -258,6 +319,55 @@ def web() -> Any:
             return response
     return api
 
+
+def infinitetalk_preload_enabled() -> bool:
+    return os.environ.get(INFINITETALK_PRELOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def preload_infinitetalk() -> bool:
+    """Load the default checkpoint's models (InfiniteTalkOptions()) onto the GPU, from the models Volume's
+    Hugging Face cache (HF_HOME; downloaded there on first use). The backend's own `load_models` calls
+    then find them in its per-process cache. A failure is logged, not raised: the stage loads again and
+    records the error in the job's manifest (a raising enter would only crash and restart the container)."""
+    if not infinitetalk_preload_enabled():
+        log.info("InfiniteTalk: preload skipped (%s=0)", INFINITETALK_PRELOAD_ENV)
+        return False
+    from functions.models.infinitetalk_loading import load_models
+    from schemas.brief import InfiniteTalkOptions
+
+    clock = time.perf_counter()
+    try:
+        load_models(InfiniteTalkOptions(), device="cuda")
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("InfiniteTalk: preload failed; each stage loads its models itself")
+        return False
+    log.info("InfiniteTalk: default models loaded in %.0f s", time.perf_counter() - clock)
+    return True
+
+
+# One class for both stages, so a container that trained an avatar can render its preview with the models
+# it already holds. The timeout is train's (a render is far shorter); GPUs: INFINITETALK_GPUS above.
+@app.cls(image=image, volumes={BUCKET_MOUNT: bucket_volume, MODELS_MOUNT: models_volume}, secrets=secrets,
+         gpu=INFINITETALK_GPUS, timeout=12 * HOURS, retries=stage_retries)
+class InfiniteTalk:
+    """backend: infinitetalk's train and render stages, on a GPU whose container loads the models once."""
+
+    @modal.enter()
+    def load(self) -> None:
+        preload_infinitetalk()
+
+    @modal.method()
+    def train(self, message: dict, attempt: int = 1) -> dict:
+        """train: an InfiniteTalk avatar's LoRA (checkpoints go to the bucket, so a retried container resumes)."""
+        return handle(INFINITETALK_TRAIN, message, attempt)
+
+    @modal.method()
+    def render(self, message: dict, attempt: int = 1) -> dict:
+        """render: an InfiniteTalk avatar speaks."""
+        return handle(INFINITETALK_RENDER, message, attempt)
+
+
+CLASSES = {INFINITETALK_CLASS: InfiniteTalk}
 
 FUNCTIONS = {
     "run_prepare": run_prepare, "run_align": run_align, "run_train": run_train, "run_render": run_render,

@@ -72,12 +72,13 @@ def reference_frame(records: Sequence[FaceRecord], frames: Sequence[FrameRecord]
 
 
 def render_size(width: int, height: int) -> tuple[int, int]:
-    """InfiniteTalk's 480p bucket for a video of this shape: (height, width), multiples of 16."""
+    """InfiniteTalk's 480p bucket for a video of this shape, as (height, width): the official buckets nearest
+    16:9 and 9:16 (wan/utils/multitalk_utils.py ASPECT_RATIO_627: 448×896 and 832×448), else a square."""
     ratio = width / height
     if ratio > 1.2:
-        return 480, 832
+        return 448, 896
     if ratio < 1 / 1.2:
-        return 832, 480
+        return 832, 448
     return 640, 640
 
 

@@ -302,10 +302,12 @@ def test_auto_picks_by_the_cards_memory(spec):
     roomy = choose_quantization(P480, free_bytes=h100.memory_bytes, capability=h100.capability)
     assert roomy.method == "bf16" and not roomy.offload
     l4 = KNOWN_GPUS["L4"]
+    untiled = choose_quantization(P480, free_bytes=l4.memory_bytes, capability=l4.capability, vae_tiling=False)
+    # Untiled, fp8 needs 21.6 GiB with offload, + 1 GiB reserve: 0.1 GiB over the L4's 22.5; nf4 fits with offload
+    # (resident, the untiled VAE decode takes it to 25.1 GiB). The renderer tiles: nf4 fits resident at 20.8.
+    assert untiled.method == "nf4" and untiled.offload and untiled.estimated_peak_bytes < 14 * GiB
     tight = choose_quantization(P480, free_bytes=l4.memory_bytes, capability=l4.capability)
-    # fp8 needs 21.6 GiB with offload, + 1 GiB reserve: 0.1 GiB over the L4's 22.5. nf4 fits with offload (resident,
-    # the renderer's untiled VAE decode would take it to 25.1 GiB; tiled, nf4 fits resident at 20.8).
-    assert tight.method == "nf4" and tight.offload and tight.estimated_peak_bytes < 14 * GiB
+    assert tight.method == "nf4" and not tight.offload
     plan = plan_render(spec, P480, l4, vae_tiling=RENDERER_VAE_TILING)
     assert plan.recommended.method == tight.method
     better = QUALITY_ORDER[:QUALITY_ORDER.index(tight.method)]
@@ -314,7 +316,11 @@ def test_auto_picks_by_the_cards_memory(spec):
     assert tiled.method == "nf4" and not tiled.offload
     a100 = KNOWN_GPUS["A100-40GB"]
     squeezed = choose_quantization(P480, free_bytes=a100.memory_bytes, capability=a100.capability)
-    assert squeezed.method == "bf16" and squeezed.offload  # 38.7 GiB with model offload
+    assert squeezed.method == "bf16" and squeezed.offload  # with model offload
+    # The renderer keeps every model resident: then the best that fits resident is picked instead.
+    resident = choose_quantization(P480, free_bytes=a100.memory_bytes, capability=a100.capability, resident_only=True)
+    assert not resident.offload and resident.method != "bf16"
+    assert estimate_render(spec, P480, resident.method, offload="none", vae_tiling=True).fits(a100.memory_bytes)
     hopeless = choose_quantization(P720, free_bytes=12 * GiB, capability=(8, 9))
     assert hopeless.offload and "no method is estimated to fit" in hopeless.reason
 

@@ -6,15 +6,16 @@ the function hands the runner a lease built from it (`SpawnQueue.lease`), so the
 
 What each method means here:
 - `put` / `dispatch`: `Function.spawn(message, attempt)` on the function that runs the
-  message (one per stage, one for webhooks). A spawn cannot be deduplicated: `put`
-  returns True whenever it sent (or, inside `hold()`, will send) the message.
+  message (one per stage, one for webhooks, or the one an optional `route` picks; see
+  "Routing" below). A spawn cannot be deduplicated: `put` returns True whenever it sent
+  (or, inside `hold()`, will send) the message.
 - `get`: always None. Messages are pushed to functions, never leased from a queue.
 - `ack` / `extend`: no-ops that return True. A spawned call is done when it returns;
   Modal retries a call whose container crashed (`modal.Retries` on the function), and
   the storage-based reconciler re-queues what is still missing. Together: at least once.
 - `nack`: spawns the message again with `attempt + 1`. With a delay, it spawns the
   `delay_function` (a small function that waits in its own container and then
-  dispatches), so no caller ever sleeps. Without a `delay_function` configured, a
+  dispatches to the function chosen before the wait), so no caller ever sleeps. Without a `delay_function` configured, a
   delayed nack sends nothing and leaves the message to the reconciler's next pass (the
   manifest still says the stage is queued or the webhook is pending). After
   `max_attempts` the message is dropped and logged (the dead-letter of this queue).
@@ -25,6 +26,15 @@ What each method means here:
   longer than that to start its stage can therefore be sent twice; the runner runs
   stages idempotently, so the cost is a duplicate run, not a wrong result. Choose
   `lease_s` well above the functions' cold-start time.
+
+Routing: `function_for(message)` names the function for a message. Webhooks go to
+`webhook_function`. For a stage message the optional `route(message)` is asked first: a name
+sends it there (e.g. a class method `"Cls.method"` on a GPU kept warm for one kind of job),
+None leaves it to `stage_functions[stage]`. The route is the caller's: this module knows no
+job kinds. When the route raises (it may read storage), `function_for` raises too (a function
+checking that it received the right message fails, and is retried), while `dispatch` logs it
+and sends to the stage's function: so a route may only pick among functions that could all run
+the message, the choice saying where it runs best.
 
 `hold()`: storage that publishes writes only on commit (a Modal Volume) must commit
 before the next function starts reading. Inside `with queue.hold():` dispatches are
@@ -55,6 +65,9 @@ class Spawnable(Protocol):
     def spawn(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+Route = Callable[[TaskMessage], str | None]
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """One spawn: which function, the message, its attempt number and how long to wait first."""
@@ -76,16 +89,22 @@ class SpawnQueue(WorkQueue):
         resolve: Callable[[str], Spawnable] | None = None,
         environment_name: str | None = None,
         max_attempts: int = DEFAULT_LEASE_ATTEMPTS,
+        route: Route | None = None,
     ) -> None:
         """
         app_name: the deployed Modal app (for `modal.Function.from_name` when no `resolve` is given).
         stage_functions: stage name → name of the function that runs that stage.
         webhook_function: the function that delivers webhook messages.
-        delay_function: a function `(message: dict, attempt: int, delay_s: float)` that waits, then
-            dispatches; None leaves delayed messages to the reconciler.
+        delay_function: a function `(message: dict, attempt: int, delay_s: float, function: str)` that
+            waits, then dispatches to `function` (the one chosen before the wait); None leaves delayed
+            messages to the reconciler.
         resolve: function name → a spawnable handle. Inside the app's own containers pass the app's
-            hydrated functions; by default they are looked up by name in the deployed app.
+            hydrated functions; by default they are looked up by name in the deployed app (a name
+            `"Cls.method"` is a method of a deployed class: `modal.Cls.from_name(app, "Cls")().method`).
         max_attempts: spawns of one message (its lease attempts) before `nack` drops it as a dead letter.
+        route: stage message → the name of the function that should run it, or None for
+            `stage_functions`; asked before `stage_functions` on every dispatch and `function_for`
+            (see the module docstring: it may read storage, so it costs whatever that read costs).
         """
         self.app_name = app_name
         self.stage_functions = dict(stage_functions)
@@ -93,12 +112,22 @@ class SpawnQueue(WorkQueue):
         self.delay_function = delay_function
         self.max_attempts = max_attempts
         self._resolve = resolve
+        self._route = route
         self._environment_name = environment_name
         self._held: list[Dispatch] | None = None
 
     # ------------------------------------------------------------------ routing
     def function_for(self, message: TaskMessage) -> str:
-        """The name of the function that runs `message`."""
+        """The name of the function that runs `message`: the route's choice, else the stage's function.
+        An error of the route propagates."""
+        return self._routed(message) or self._default_function(message)
+
+    def _routed(self, message: TaskMessage) -> str | None:
+        if message.action == "webhook" or self._route is None:
+            return None
+        return self._route(message)
+
+    def _default_function(self, message: TaskMessage) -> str:
         if message.action == "webhook":
             return self.webhook_function
         try:
@@ -117,17 +146,28 @@ class SpawnQueue(WorkQueue):
         return Lease(message_id=0, token=token or uuid.uuid4().hex, message=message, attempt=attempt)
 
     # ------------------------------------------------------------------ sending
-    def dispatch(self, message: TaskMessage, *, attempt: int = 1, delay_s: float = 0.0) -> bool:
+    def dispatch(self, message: TaskMessage, *, attempt: int = 1, delay_s: float = 0.0,
+                 function: str | None = None) -> bool:
         """Spawn the function for `message` (through the delay function when `delay_s` > 0).
 
+        `function` sends it to that function instead of asking `function_for` (the delay function
+        passes on the choice made before its wait, so it needs no storage to route).
         False when nothing was sent: a delay without a delay function (the reconciler will re-send), or
         a stage no function runs (logged as an error; raising would abort the reconciler's whole pass).
         """
-        try:
-            target = self.function_for(message)
-        except VideostudioError as exc:
-            log.error("%s: %s", message.dedupe_key(), exc.message)
-            return False
+        target = function
+        if target is None:
+            try:
+                target = self._routed(message)
+            except Exception as exc:  # noqa: BLE001 - a failed lookup must not stop a send (module docstring)
+                log.warning("%s: route failed (%s: %s); sending to the stage's function", message.dedupe_key(),
+                            type(exc).__name__, exc)
+        if target is None:
+            try:
+                target = self._default_function(message)
+            except VideostudioError as exc:
+                log.error("%s: %s", message.dedupe_key(), exc.message)
+                return False
         if delay_s > 0 and self.delay_function is None:
             log.info("%s: no delay function; leaving it to the reconciler (wanted %.1fs)", message.dedupe_key(), delay_s)
             return False
@@ -142,7 +182,7 @@ class SpawnQueue(WorkQueue):
         payload = item.message.model_dump(mode="json")
         if item.delay_s > 0:
             assert self.delay_function is not None
-            self._function(self.delay_function).spawn(payload, item.attempt, item.delay_s)
+            self._function(self.delay_function).spawn(payload, item.attempt, item.delay_s, item.function)
         else:
             self._function(item.function).spawn(payload, item.attempt)
 
@@ -151,6 +191,10 @@ class SpawnQueue(WorkQueue):
             return self._resolve(name)
         import modal  # lazily: nothing in core imports modal at import time
 
+        if "." in name:  # a method of a deployed class: "Cls.method"
+            cls_name, method = name.split(".", 1)
+            cls = modal.Cls.from_name(self.app_name, cls_name, environment_name=self._environment_name)
+            return getattr(cls(), method)
         return modal.Function.from_name(self.app_name, name, environment_name=self._environment_name)
 
     @contextmanager

@@ -118,6 +118,7 @@ def _real(options: InfiniteTalkOptions, device: str, dtype: torch.dtype) -> Infi
             image_encoder=CLIPVisionModel.from_pretrained(where, subfolder="image_encoder", torch_dtype=dtype),
             image_processor=CLIPImageProcessor.from_pretrained(where, subfolder="image_processor"),
         )
+        parts["vae"].enable_tiling()  # 8 → 1.8 GiB for a 480p chunk's decode (the planner counts it tiled)
         speech = SpeechEncoder.from_pretrained(options.audio_encoder, device=device)
     except (OSError, ValueError) as exc:
         raise VideostudioError("model_unavailable", f"could not load the InfiniteTalk components ({where}, "
@@ -155,6 +156,7 @@ def resolve_quantization(requested: str, device: str, *, height: int, width: int
         return QuantizationChoice("none", CPU_AUTO)
     job = InfiniteTalkJob(width=width, height=height, num_frames=chunk_frames, guidance_scale=text_guidance,
                           audio_guidance_scale=audio_guidance, audio_seconds=speech_s)
+    # The renderer keeps its models resident (no CPU offload yet): only plans without offload count.
     choice = choose_quantization(job, free_bytes=usable_cuda_bytes(), capability=torch.cuda.get_device_capability(),
-                                 device_name=torch.cuda.get_device_name())
+                                 device_name=torch.cuda.get_device_name(), resident_only=True)
     return QuantizationChoice("none" if choice.method == "bf16" else choice.method, choice.reason, choice.offload)

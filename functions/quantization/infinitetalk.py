@@ -52,7 +52,8 @@ from typing import ClassVar
 from functions.quantization.description import ModelDescription
 from functions.quantization.jobs import RenderJob, TrainJob
 from functions.quantization.methods import AS_REQUESTED, WEIGHT_ONLY_METHOD
-from functions.quantization.planner import AutoChoice, choose_for_device
+from functions.quantization.gpus import GiB, GpuSpec
+from functions.quantization.planner import QUALITY_ORDER, RESERVE_BYTES, AutoChoice, choose_for_device, plan_render
 from functions.quantization.rules import QuantizationRules
 from functions.quantization.shapes import ComponentShape, LinearShape
 from functions.quantization.targets import GENERIC_SKIP_PATTERNS
@@ -66,9 +67,9 @@ AUDIO_SAMPLE_RATE = 16_000  # wav2vec2's input
 # for infinitetalk-480 has 448×896 at ratio 0.50, ASPECT_RATIO_960 for infinitetalk-720 has 704×1280 at 0.55).
 # A 9:16 portrait gets 448×832 at 480p (1,456 tokens a latent frame, against 1,568); Wan's own 480×832 has 1,560.
 RESOLUTIONS: dict[str, tuple[int, int]] = {"480p": (896, 448), "720p": (1280, 704)}
-# functions/infinitetalk_pipeline.py decodes (and encodes) with the VAE untiled today: 8 GiB at 480p, 18 at 720p,
-# against 1.8 and 3.8 tiled. Plans and `auto` follow it until the renderer calls `vae.enable_tiling()`.
-RENDERER_VAE_TILING = False
+# The renderer's real VAE is tiled (functions/models/infinitetalk_loading.py calls `vae.enable_tiling()`): a decode
+# needs 1.8 GiB at 480p and 3.8 at 720p instead of 8 and 18 untiled. Plans and `auto` follow the renderer.
+RENDERER_VAE_TILING = True
 
 # -- quantization rules -------------------------------------------------------------------------------------
 # Kept in bf16: the patch embedding (a conv), the conditioning embedders (text, timestep and its shared
@@ -611,8 +612,24 @@ def infinitetalk_spec(skip: Iterable[str] = (), config: InfiniteTalkConfig = WAN
 
 def choose_quantization(job: InfiniteTalkJob, *, free_bytes: int, capability: tuple[int, int] | None,
                         device_name: str = "cuda", skip: Iterable[str] = (),
-                        vae_tiling: bool = RENDERER_VAE_TILING) -> AutoChoice:
+                        vae_tiling: bool = RENDERER_VAE_TILING, resident_only: bool = False) -> AutoChoice:
     """`quantization: auto` for an InfiniteTalk render on a GPU: the planner's best-quality method that fits
-    `free_bytes` (QUALITY_ORDER; model CPU offload if needed), else the smallest with offload."""
-    return choose_for_device(infinitetalk_spec(skip), job, free_bytes=free_bytes, capability=capability,
-                             device_name=device_name, vae_tiling=vae_tiling)
+    `free_bytes` (QUALITY_ORDER; model CPU offload if needed), else the smallest with offload.
+    `resident_only`: only plans without offload count (the renderer does not offload yet); if none fits, the
+    smallest resident one, flagged by `offload=True` so the caller can say it may not fit."""
+    if not resident_only:
+        return choose_for_device(infinitetalk_spec(skip), job, free_bytes=free_bytes, capability=capability,
+                                 device_name=device_name, vae_tiling=vae_tiling)
+    plan = plan_render(infinitetalk_spec(skip), job, GpuSpec(device_name, free_bytes, capability), vae_tiling=vae_tiling)
+    rows = {row.method: row for row in plan.rows if not row.note}
+    free = f"{free_bytes / GiB:.1f} GiB free on {device_name}"
+    for method in QUALITY_ORDER:
+        row = rows.get(method)
+        if row is not None and row.no_offload.fits(free_bytes):
+            return AutoChoice(method, False, f"auto: {method} is the best quality estimated to fit without offload "
+                              f"({row.no_offload.peak_bytes / GiB:.1f} GiB peak + {RESERVE_BYTES / GiB:.0f} GiB "
+                              f"reserve; {free})", row.no_offload.peak_bytes)
+    smallest = min(rows.values(), key=lambda r: r.no_offload.peak_bytes)
+    return AutoChoice(smallest.method, True, f"auto: no method is estimated to fit without offload ({free}); trying "
+                      f"the smallest, {smallest.method} ({smallest.no_offload.peak_bytes / GiB:.1f} GiB estimated)",
+                      smallest.no_offload.peak_bytes)
