@@ -44,8 +44,9 @@ def prepare_speech(ctx: StageContext, *, script: str | None = None, audio_key: s
 
 
 def talking_plan(backend: str, avatar: AvatarManifest, *, avatar_key: str, speech: PreparedSpeech,
-                 seed: int, fps: int = TALKING_FPS, quantization: str = "auto") -> TalkingPlan:
+                 seed: int, fps: int = TALKING_FPS, quantization: str = "auto", gpus: int | None = None) -> TalkingPlan:
     """The plan of `avatar` speaking `speech`: one frame per 1/fps s of it (at least one)."""
     frames = max(1, math.floor(speech.duration_s * fps + 0.5))
     return TalkingPlan(avatar=avatar.avatar_id, backend=backend, avatar_key=avatar_key, speech=speech, fps=fps,
-                       num_frames=frames, duration_s=round(frames / fps, 4), seed=seed, quantization=quantization)
+                       num_frames=frames, duration_s=round(frames / fps, 4), seed=seed, quantization=quantization,
+                       gpus=gpus)

@@ -100,6 +100,9 @@ class RenderBrief(_BriefBase):
     height: int = Field(default=DEFAULT_HEIGHT, description="Multiple of 16.")
     guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=30)
     quantization: Quantization = "auto"
+    gpus: int | None = Field(default=None, ge=1, le=8, description=(
+        "GPUs one talking render spreads over (infinitetalk: context parallelism in one container); default: "
+        "one, or more for long speech where the machine has them."))
     avatar: str | None = Field(default=None, pattern=ID_PATTERN)
     avatar_strength: float = Field(default=1.0, ge=0, le=2)
 

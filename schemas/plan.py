@@ -57,6 +57,7 @@ class TalkingPlan(BaseModel):
     seed: int
     quantization: str = Field(default="auto", description=(
         "The brief's `quantization:` (backends with a large model use it; wav2lip ignores it)."))
+    gpus: int | None = Field(default=None, description="The brief's `gpus:` (infinitetalk; None: chosen by length).")
 
 
 Plan = Union[RenderPlan, TalkingPlan]  # told apart by their fields (both forbid unknown keys)

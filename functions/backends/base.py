@@ -90,7 +90,7 @@ class AvatarBackend(ABC):
                                        "script: (text) or audio: (a recording's bucket key)")
             speech = prepare_speech(ctx, script=brief.script, audio_key=brief.audio, voice=brief.voice)
             return talking_plan(self.name, avatar, avatar_key=avatar_prefix(avatar.avatar_id) + "manifest.json",
-                                speech=speech, seed=brief.seed, quantization=brief.quantization)
+                                speech=speech, seed=brief.seed, quantization=brief.quantization, gpus=brief.gpus)
         if brief.talking:
             raise VideostudioError("avatar_cannot_talk", f"avatar {avatar.avatar_id!r} ({self.name}) cannot speak a "
                                    "script or a recording; train a talking avatar (backend: wav2lip) for that")
