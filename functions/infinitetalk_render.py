@@ -14,10 +14,11 @@ so they all stop at the same step and none is left waiting in a collective).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,16 @@ def footage_source(path: Path) -> Callable[[int], np.ndarray]:
     return lambda index: clip[ping_pong(index + 1, len(clip))[index]]
 
 
+@contextlib.contextmanager
+def avatar_lora(transformer, weights: Path) -> Iterator[None]:
+    """The avatar's LoRA on the (cached, shared) transformer for one render only."""
+    transformer.load_lora_adapter(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER, prefix=None)
+    try:
+        yield
+    finally:
+        transformer.delete_adapters(ADAPTER)
+
+
 def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame: OnFrame | None = None,
                   rank: int = 0, world_size: int = 1) -> RenderResult:
     """Sample the speech in chunks with the avatar's LoRA and write the frames (rank 0) to `job.output`."""
@@ -111,9 +122,7 @@ def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame:
     source = reference if options.mode == "image" else footage_source(Path(job.reference_footage))
     poster: list[np.ndarray] = []
     clock = time.perf_counter()
-    transformer.load_lora_adapter(str(Path(job.lora).parent), weight_name=Path(job.lora).name, adapter_name=ADAPTER,
-                                  prefix=None)
-    try:
+    with avatar_lora(transformer, Path(job.lora)):
         stream = iter_talking(
             models.components, reference=source, total_frames=job.num_frames,
             audio_windows=lambda start, count: frame_windows(features, start, count),
@@ -138,8 +147,6 @@ def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame:
         else:
             for _ in frames():  # the other ranks compute the same frames (their shards are needed), write nothing
                 pass
-    finally:
-        transformer.delete_adapters(ADAPTER)
     return RenderResult(chunks=len(job.chunks()), poster=poster[0] if poster else reference, quantization=models.quantization,
                         random_weights=models.random_weights, render_s=time.perf_counter() - clock)
 
@@ -214,3 +221,12 @@ def _read_from(path: str | None, start: int) -> list[str]:
     if not path or not Path(path).exists():
         return []
     return Path(path).read_text().splitlines()[start:]
+
+
+def read_video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a silent MP4 this module wrote (25 fps), one at a time."""
+    from core.video import probe_video, sample_frames
+
+    info = probe_video(path)
+    for frame in sample_frames(path, fps=FPS, size=(info.width, info.height)):
+        yield frame.pixels

@@ -94,7 +94,7 @@ def test_a_script_renders_a_talking_video_as_long_as_the_speech(trained):
 
 def test_the_render_uses_the_avatars_lora(trained):
     """The same speech with and without the avatar's adapter: the LoRA changes the frames (it was trained)."""
-    from functions.backends.infinitetalk import InfiniteTalkBackend
+    from functions.infinitetalk_render import avatar_lora
     from functions.models.infinitetalk_loading import load_models
     from schemas.brief import InfiniteTalkOptions
 
@@ -111,7 +111,7 @@ def test_the_render_uses_the_avatars_lora(trained):
                   return_dict=False)
     with torch.no_grad():
         plain = transformer(**inputs)[0]
-        with InfiniteTalkBackend._lora(models, weights, None):
+        with avatar_lora(transformer, weights):
             adapted = transformer(**inputs)[0]
         after = transformer(**inputs)[0]
     assert not torch.allclose(plain, adapted)
@@ -125,3 +125,21 @@ def test_a_brief_can_name_a_quantization_method(trained):
     quantization = job.stages["render"].metrics["quantization"]
     assert quantization["method"] == "int8" and quantization["layers"] > 0
     assert quantization["reason"] == "int8: named in the brief"
+
+
+def test_gpus_spreads_the_render_over_processes(trained):
+    """`gpus: 2` on a CPU: two gloo processes, the code path a container with two GPUs runs over NCCL."""
+    runner, _ = trained
+    text = "avatar: ann\nscript: Two ranks, one video.\nseed: 5\n"
+    one = drain(runner, submit(runner, "one-rank.yaml", text))
+    two = drain(runner, submit(runner, "two-ranks.yaml", text + "gpus: 2\n"))
+    assert one.status.value == two.status.value == "succeeded", (one.error, two.error)
+    assert one.stages["render"].metrics["ranks"] == 1 and two.stages["render"].metrics["ranks"] == 2
+    assert streams(runner.storage.root / two.outputs["video"])["audio"]["codec_name"] == "aac"
+    # The same speech? Piper's takes of one script can differ; when they match, so do the frames.
+    speech = [runner.storage.get_bytes(j.stages["prepare"].handoff["plan"]["speech"]["key"]) for j in (one, two)]
+    if speech[0] == speech[1]:
+        frames = [subprocess.run(["ffmpeg", "-v", "error", "-i", str(runner.storage.root / j.outputs["video"]), "-f",
+                                  "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+                  for j in (one, two)]
+        assert frames[0] == frames[1]

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import functions.backends.infinitetalk as backend_module
+import functions.infinitetalk_render as render_module
 from core.video import sample_frames, write_mp4
-from functions.backends.infinitetalk import InfiniteTalkBackend
+from functions.infinitetalk_render import footage_source
 from functions.infinitetalk_chunks import plan_chunks
 from functions.reference_footage import ping_pong
 from tests import pipeline_jobs
@@ -67,7 +67,7 @@ def position(frame: np.ndarray, n: int) -> int:
 
 def test_footage_plays_forward_then_backward_without_a_jump(tmp_path):
     n = 10
-    source = InfiniteTalkBackend._footage(grey_footage(tmp_path / "reference.mp4", n))
+    source = footage_source(grey_footage(tmp_path / "reference.mp4", n))
     count = 4 * n  # well past the footage: two turns at the end, one back at the start
     played = [position(source(i), n) for i in range(count)]
     assert played[:n] == list(range(n))  # the footage itself first, every frame, in order
@@ -78,7 +78,7 @@ def test_footage_plays_forward_then_backward_without_a_jump(tmp_path):
 
 
 def test_one_frame_footage_is_held(tmp_path):
-    source = InfiniteTalkBackend._footage(grey_footage(tmp_path / "reference.mp4", 1))
+    source = footage_source(grey_footage(tmp_path / "reference.mp4", 1))
     assert {position(source(i), 1) for i in range(7)} == {0}
 
 
@@ -119,7 +119,7 @@ def renders(trained):
     options switched to `mode: image`, again. With the reference each render handed to `iter_talking`."""
     runner, _ = trained
     seen: list = []  # the `reference` of every iter_talking call, in order
-    real = backend_module.iter_talking
+    real = render_module.iter_talking
 
     def spy(components, *, reference, **kwargs):
         seen.append(reference)
@@ -127,7 +127,7 @@ def renders(trained):
 
     jobs = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(backend_module, "iter_talking", spy)
+        mp.setattr(render_module, "iter_talking", spy)
         jobs["script"] = drain(runner, submit(runner, "hello.yaml", SCRIPT))
         jobs["video"] = drain(runner, submit(runner, "line-video.yaml", LINE))
         avatar = json.loads(runner.storage.get_bytes("avatars/vic/manifest.json"))

@@ -10,18 +10,24 @@ same loop, checkpoints, resume and loss curve as the mochi-lora backend (`functi
 The avatar keeps a reference image (the sharpest frontal frame) for image-to-video renders and up to
 10 s of reference footage for video-to-video ones.
 
+The train stage also trains the person's lip-sync expert (Wav2Lip's SyncNet, small: width EXPERT_WIDTH) on the
+aligned faces and the speech, as the wav2lip backend does (functions/lip_sync_expert.py), after the LoRA (0.9–0.95
+of the stage's progress); it scores renders, not training.
+
 Render: the speech's wav2vec2 features → chunked sampling with the avatar's LoRA → MP4 at 25 fps with the
-speech muxed, its frame count = round(speech duration × 25).
+speech muxed, its frame count = round(speech duration × 25). While the frames stream to the encoder, the face
+in each is found and cut as the training faces were (functions/infinitetalk_lipsync.py): the render's
+`lip_sync` metrics on the avatar's expert and, with SyncNet v2 weights, `lip_sync_standard` (LSE-D / LSE-C).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from core.device import pick_device
@@ -29,8 +35,7 @@ from core.stage import StageContext, StageResult
 from core.video import mux_audio, write_mp4, write_poster
 from functions.align import fetch_video
 from functions.backends.base import AvatarBackend, DatasetPolicy, TrainedAvatar
-from functions.infinitetalk_audio import frame_windows, prepare_wave
-from functions.infinitetalk_chunks import plan_chunks
+from functions.infinitetalk_audio import prepare_wave
 from functions.infinitetalk_dataset import (
     InfiniteTalkCondition,
     clip_spans,
@@ -39,21 +44,39 @@ from functions.infinitetalk_dataset import (
     reference_frame,
     render_size,
 )
-from functions.infinitetalk_pipeline import DEFAULT_SHIFT_480P, DEFAULT_SHIFT_720P, Sampler, iter_talking
+from functions.infinitetalk_lipsync import EXPERT_INFO_FILE, ExpertInfo, RenderLipSync
+from functions.infinitetalk_pipeline import Sampler
+from functions.infinitetalk_render import (
+    SpeechRender,
+    read_video_frames,
+    render_speech,
+    render_speech_distributed,
+    shift_for,
+)
+from functions.lip_sync_expert import (
+    ExpertKeys,
+    epoch_curves,
+    expert_summary,
+    load_expert_windows,
+    state_bytes,
+    train_person_expert,
+)
 from functions.lora_dataset import load_face_records
 from functions.lora_stage import latest_checkpoint, lora_hooks, quality_score, rounded, run_metrics
 from functions.lora_training import Precision, TrainConfig, add_lora, evaluate, run_training, steps_per_epoch
 from functions.loss_curve import write_loss_curve
 from functions.models.infinitetalk_loading import (
-    InfiniteTalkModels,
     fresh_transformer,
     load_models,
     resolve_quantization,
 )
+from functions.models.wav2lip_audio import load_wav, melspectrogram
 from functions.reference_footage import reference_segment
+from functions.wav2lip_avatar import EXPERT_FILE
+from functions.wav2lip_training import DEFAULT_LEARNING_RATE, ExpertConfig
 from schemas.avatar import AvatarManifest
 from schemas.brief import InfiniteTalkOptions, TrainBrief
-from schemas.dataset import FrameRecord
+from schemas.dataset import FaceRecord, FrameRecord
 from schemas.errors import VideostudioError
 from schemas.handoff import AlignOutput, DatasetPrepared
 from schemas.plan import Plan, TalkingPlan
@@ -67,7 +90,13 @@ OPTIONS_FILE = "infinitetalk.json"
 REFERENCE_IMAGE = "reference.png"
 REFERENCE_FOOTAGE = "reference.mp4"
 MAX_FOOTAGE_S = 10.0
-ADAPTER = "avatar"
+# The lip-sync expert: the width the wav2lip backend trains on a CPU (tests/test_talking_sync.py's); its epochs and
+# max_steps are the brief's, its batch the brief's (at least 2: BatchNorm). `infinitetalk.expert_width`,
+# `expert_epochs` and `expert_max_steps`, once InfiniteTalkOptions has them, override these.
+EXPERT_WIDTH = 0.125
+EXPERT_CHECKPOINT_EVERY = 100  # at least: the brief's checkpoint_every is sized for the LoRA's far slower steps
+EXPERT_SHARE = (0.9, 0.95)  # of the train stage's progress: loading faces, then the loop (after the LoRA's 0.1–0.9)
+EXPERT_KEYS = ExpertKeys(checkpoints="lip_sync_expert/checkpoints/", finished="lip_sync_expert/")
 
 
 class InfiniteTalkBackend(AvatarBackend):
@@ -97,7 +126,7 @@ class InfiniteTalkBackend(AvatarBackend):
         ctx.progress(0.0, f"loading {options.base_model}")
         models = load_models(options, device=device)
         sampler = Sampler(models.components, prompt=options.prompt, negative_prompt=options.negative_prompt,
-                          height=height, width=width, shift=self._shift(options, height, width))
+                          height=height, width=width, shift=shift_for(options, height, width))
 
         # 1. the avatar's reference image and footage; 2. the clips, encoded once
         video = fetch_video(ctx, prepared)
@@ -111,7 +140,8 @@ class InfiniteTalkBackend(AvatarBackend):
                              width=width)
         assets = self._write_reference(ctx, frames, reference_index, footage)
         ctx.progress(0.04, "encoding the speech")
-        wave = prepare_wave(ctx.storage.download(prepared.audio.key, ctx.scratch / "audio.wav"))
+        audio_path = ctx.storage.download(prepared.audio.key, ctx.scratch / "audio.wav")
+        wave = prepare_wave(audio_path)
         total_frames = max(frames) + 1 if frames else 1
         features = models.speech.features(wave, frames=max(total_frames, round(len(wave) / 16000 * FPS)))
         encoded = {}
@@ -150,7 +180,9 @@ class InfiniteTalkBackend(AvatarBackend):
             transformer, encoded["train"].latents, encoded["val"].latents, text=conditions["train"],
             val_text=conditions["val"], config=config, precision=precision, resume=resume, hooks=lora_hooks(ctx))
         train_s = time.perf_counter() - clock
-        ctx.progress(0.92, "evaluating")
+        expert_metrics = self._lip_sync_expert(ctx, brief, records, audio_path, fps=prepared.sample_fps, device=device,
+                                               mixed_precision=mixed, assets=assets, warnings=warnings)
+        ctx.progress(0.95, "evaluating")
         test = held_out("test")
         curve = write_loss_curve(state.history, steps_per_epoch(len(encoded["train"]), config),
                                  ctx.scratch / "loss_curve.png",
@@ -167,29 +199,63 @@ class InfiniteTalkBackend(AvatarBackend):
             "mixed_precision": mixed, "clips": {s: len(e) for s, e in encoded.items()},
             "clip_frames": options.clip_frames, "size": [width, height], "device": device,
             "reference_frame": reference_index, "reference_footage_frames": len(footage),
-            "random_weights": models.random_weights,
+            "random_weights": models.random_weights, "lip_sync_expert": expert_metrics,
         }
         avatar = AvatarManifest(
             avatar_id=brief.avatar, job_id=ctx.job_id, backend=self.name, base_model=options.base_model,
             weights_key=lora_key, lora_key=lora_key, lora_rank=options.lora_rank, lora_alpha=alpha,
             target_modules=TARGET_MODULES, assets=assets, talks=True,
             dataset={**dataset.splits, "clips": metrics["clips"]},
-            metrics={k: metrics[k] for k in ("test_loss", "base_test_loss", "quality_score", "steps")})
+            metrics={**{k: metrics[k] for k in ("test_loss", "base_test_loss", "quality_score", "steps")},
+                     "expert_val_loss": expert_metrics["val_loss"] if expert_metrics else None})
         outputs = {"lora": lora_key, "loss_curve": curve_key, **assets}
         return TrainedAvatar(avatar=avatar, outputs=outputs, job_outputs={"lora": lora_key, "loss_curve": curve_key},
                              metrics=metrics, warnings=warnings, model_id=options.base_model)
+
+    @staticmethod
+    def _lip_sync_expert(ctx: StageContext, brief: TrainBrief, records: list[FaceRecord], audio: Path, *, fps: float,
+                         device: str, mixed_precision: str, assets: dict[str, str],
+                         warnings: list[str]) -> dict[str, Any] | None:
+        """The person's lip-sync expert (the `expert` asset, with `expert_info`: how renders cut its crops) and
+        its metrics; None, with a warning, when the footage has no 5-frame run of aligned faces to train it on."""
+        options = brief.infinitetalk
+        width = getattr(options, "expert_width", None) or EXPERT_WIDTH
+        lo, hi = EXPERT_SHARE
+        mel = melspectrogram(load_wav(audio))
+        clock = time.perf_counter()
+        sets = load_expert_windows(ctx, records, mel, fps=fps, seed=brief.seed, share=(lo, lo + (hi - lo) / 5))
+        if len(sets["train"]) == 0:
+            warnings.append("no lip-sync expert (renders get no lip_sync metrics): no run of 5 consecutive aligned "
+                            "faces in the train split")
+            return None
+        config = ExpertConfig(
+            epochs=getattr(options, "expert_epochs", None) or brief.epochs,
+            max_steps=getattr(options, "expert_max_steps", None) or brief.max_steps,
+            batch_size=max(2, brief.batch_size), learning_rate=DEFAULT_LEARNING_RATE,
+            mixed_precision=mixed_precision, seed=brief.seed,
+            checkpoint_every=max(brief.checkpoint_every, EXPERT_CHECKPOINT_EVERY), device=device)
+        with torch.random.fork_rng(devices=[]):  # the LoRA's numbers never depend on whether the expert ran here
+            expert, report = train_person_expert(
+                ctx, sets, width=width, config=config, seed=brief.seed, share=(lo + (hi - lo) / 5, hi),
+                keys=EXPERT_KEYS, phase="lip_sync_expert", prefixed=True, message="training the lip-sync expert")
+        assets["expert"] = ctx.put_output_bytes(EXPERT_FILE, state_bytes(expert.cpu()),
+                                                content_type="application/octet-stream")
+        info = ExpertInfo(width=width, face_padding=brief.face_padding, fps=fps)
+        assets["expert_info"] = ctx.put_output_bytes(EXPERT_INFO_FILE, info.model_dump_json().encode(),
+                                                     content_type="application/json")
+        if not report.converged:
+            warnings.append(f"the lip-sync expert's validation loss {report.val_loss} did not reach "
+                            f"{report.converged_loss}: the lip_sync metrics of this avatar's renders are rough (more "
+                            "footage or epochs help)")
+        return {**expert_summary(report), "epochs": report.epochs, "width": width,
+                "windows": {s: len(w) for s, w in sets.items()}, "history": epoch_curves(report.history),
+                "train_s": round(time.perf_counter() - clock, 3)}
 
     @staticmethod
     def _size(options: InfiniteTalkOptions, prepared: DatasetPrepared) -> tuple[int, int]:
         if options.height is not None and options.width is not None:
             return options.height, options.width
         return render_size(prepared.video.width, prepared.video.height)
-
-    @staticmethod
-    def _shift(options: InfiniteTalkOptions, height: int, width: int) -> float:
-        if options.shift is not None:
-            return options.shift
-        return DEFAULT_SHIFT_720P if min(height, width) >= 720 else DEFAULT_SHIFT_480P
 
     @staticmethod
     def _write_reference(ctx: StageContext, frames: dict[int, np.ndarray], reference_index: int,
@@ -219,86 +285,78 @@ class InfiniteTalkBackend(AvatarBackend):
         height, width = reference.shape[:2]
         device = pick_device(ctx.settings.device)
         warnings: list[str] = []
+        lip_sync = RenderLipSync.for_avatar(local.get("expert"), local.get("expert_info"), device=device,
+                                            warnings=warnings)
         quantization = resolve_quantization(
             plan.quantization, device, height=height, width=width, chunk_frames=options.chunk_frames,
             text_guidance=options.text_guidance, audio_guidance=options.audio_guidance, speech_s=plan.duration_s)
         if quantization.offload_advised:
             warnings.append(f"{quantization.reason}; model CPU offload is not implemented for infinitetalk yet, so "
                             "the models run resident (a smaller method or a larger GPU if this runs out of memory)")
-        ctx.progress(0.0, f"loading {options.base_model}")
-        models = load_models(options, device=device, method=quantization.method)
-        wave = prepare_wave(ctx.storage.download(plan.speech.key, ctx.scratch / "speech.wav"))
-        features = models.speech.features(wave, frames=plan.num_frames)
-        source = reference if options.mode == "image" else self._footage(local["reference"])
-        chunks = plan_chunks(plan.num_frames, chunk_frames=options.chunk_frames, motion_frames=options.motion_frames)
-
-        def on_step(chunk, step: int, steps: int) -> None:
-            done = chunk.index * steps + step
-            ctx.progress(0.05 + 0.85 * done / (len(chunks) * steps), f"chunk {chunk.index + 1} of {len(chunks)}",
-                         step=done, total=len(chunks) * steps)
-
-        clock = time.perf_counter()
-        poster: list[np.ndarray] = []
-        silent = ctx.scratch / "video.mp4"
-        with self._lora(models, local["weights"], plan):
-            stream = iter_talking(
-                models.components, reference=source, total_frames=plan.num_frames,
-                audio_windows=lambda start, count: frame_windows(features, start, count),
-                prompt=options.prompt, negative_prompt=options.negative_prompt, height=height, width=width,
-                steps=options.steps, text_guidance=options.text_guidance, audio_guidance=options.audio_guidance,
-                shift=self._shift(options, height, width), seed=plan.seed, chunk_frames=options.chunk_frames,
-                motion_frames=options.motion_frames, on_step=on_step, colour_anchor=options.colour_anchor)
-
-            def frames():
-                for chunk, block in stream:
-                    for n, frame in enumerate(block):
-                        if chunk.new_start + n == plan.num_frames // 3:
-                            poster.append(frame)
-                        yield frame
-
-            write_mp4(frames(), silent, fps=plan.fps)
-        render_s = time.perf_counter() - clock
-        ctx.progress(0.92, "muxing the speech")
         speech = ctx.storage.download(plan.speech.key, ctx.scratch / "speech.wav")
+        job = SpeechRender(
+            options_json=options.model_dump_json(), lora=str(local["weights"]),
+            reference_image=str(local["reference_image"]), reference_footage=str(local["reference"]),
+            speech=str(speech), num_frames=plan.num_frames, seed=plan.seed, device=device, method=quantization.method,
+            output=str(ctx.scratch / "video.mp4"), progress_file=str(ctx.scratch / "ranks-progress.jsonl"),
+            cancel_file=str(ctx.scratch / "ranks-cancel"))
+        chunks = job.chunks()
+        ranks = self._ranks(plan, device, options, warnings)
+
+        def report(done: int, total: int, chunk: int) -> None:
+            ctx.progress(0.05 + 0.85 * done / total, f"chunk {chunk + 1} of {len(chunks)}", step=done, total=total)
+
+        ctx.progress(0.0, f"loading {options.base_model}")
+        if ranks == 1:
+            result = render_speech(job, on_frame=lambda index, frame: lip_sync.add(frame),
+                                   on_step=lambda chunk, step, steps: report(chunk.index * steps + step,
+                                                                             len(chunks) * steps, chunk.index))
+        else:
+            result = render_speech_distributed(job, ranks, on_progress=report)
+            for frame in read_video_frames(Path(job.output)):  # rank 0 wrote them in its own process
+                lip_sync.add(frame)
+        render_s = result.render_s
+        ctx.progress(0.92, "muxing the speech")
+        silent = Path(job.output)
         video_key = ctx.put_output_file("video.mp4", mux_audio(silent, speech, ctx.scratch / "talking.mp4"),
                                         content_type="video/mp4")
-        poster_key = ctx.put_output_file("poster.jpg", write_poster(poster[0], ctx.scratch / "poster.jpg"),
+        poster_key = ctx.put_output_file("poster.jpg", write_poster(result.poster, ctx.scratch / "poster.jpg"),
                                          content_type="image/jpeg")
         metrics = {
             "frames": plan.num_frames, "fps": plan.fps, "duration_s": plan.duration_s, "chunks": len(chunks),
             "steps": options.steps, "width": width, "height": height, "mode": options.mode, "device": device,
             "render_s": round(render_s, 3), "s_per_chunk": round(render_s / len(chunks), 3),
             "realtime_factor": round(plan.duration_s / render_s, 4) if render_s else None,
-            "random_weights": models.random_weights,
-            "quantization": {**(models.quantization or {"method": quantization.method}), "reason": quantization.reason},
+            "random_weights": result.random_weights, "ranks": ranks,
+            "quantization": {**(result.quantization or {"method": quantization.method}), "reason": quantization.reason},
         }
+        ctx.progress(0.95, "scoring the lip sync")
+        lip_sync.finish(metrics, speech=speech, fps=plan.fps)
         return StageResult(outputs={"video": video_key, "poster": poster_key},
                            job_outputs={"video": video_key, "poster": poster_key}, metrics=metrics,
                            warnings=warnings, model_id=avatar.base_model)
 
     @staticmethod
-    @contextlib.contextmanager
-    def _lora(models: InfiniteTalkModels, weights: Path, plan: TalkingPlan):
-        """The avatar's LoRA on the cached transformer for this render only."""
-        transformer = models.components.transformer
-        transformer.load_lora_adapter(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER, prefix=None)
-        try:
-            yield
-        finally:
-            transformer.delete_adapters(ADAPTER)
+    def _ranks(plan: TalkingPlan, device: str, options: InfiniteTalkOptions, warnings: list[str]) -> int:
+        """Processes the render spreads over: the brief's `gpus:`, else more for long speech where there are GPUs."""
+        import torch
 
-    @staticmethod
-    def _footage(path: Path):
-        """Video-to-video's frame source: the reference footage played forward, backward, forward… (no jump)."""
-        from core.video import probe_video, sample_frames
-        from functions.reference_footage import ping_pong
+        from functions.infinitetalk_parallel import pick_gpus
 
-        info = probe_video(path)
-        clip = np.stack([f.pixels for f in sample_frames(path, fps=FPS, size=(info.width, info.height))])
-        return lambda index: clip[ping_pong(index + 1, len(clip))[index]]
+        available = torch.cuda.device_count() if device == "cuda" else None
+        if plan.gpus is not None and available is not None and plan.gpus > available:
+            warnings.append(f"gpus: {plan.gpus} asked for, {available} visible: rendering on {available}")
+            return max(1, available)
+        if plan.gpus is not None:
+            return plan.gpus  # on a CPU: that many gloo processes (the same code path, as the tests run it)
+        if not available or available < 2:
+            return 1
+        return pick_gpus(plan.duration_s, None, max_gpus=available, chunk_frames=options.chunk_frames,
+                         motion_frames=options.motion_frames)
 
     @staticmethod
     def _fetch_avatar(ctx: StageContext, avatar: AvatarManifest) -> dict[str, Path]:
+        """The avatar's files; its lip-sync expert only if it has one (avatars trained before it came have none)."""
         wanted = {"weights": avatar.weights_key,
                   **{k: avatar.assets.get(k) for k in ("reference_image", "reference", "options")}}
         local = {}
@@ -306,6 +364,10 @@ class InfiniteTalkBackend(AvatarBackend):
             if not key or ctx.storage.stat(key) is None:
                 raise VideostudioError("avatar_not_found", f"avatar {avatar.avatar_id!r} is missing its {name} file")
             local[name] = ctx.storage.download(key, ctx.scratch / "avatar" / Path(key).name)
+        for name in ("expert", "expert_info"):
+            key = avatar.assets.get(name)
+            if key and ctx.storage.stat(key) is not None:
+                local[name] = ctx.storage.download(key, ctx.scratch / "avatar" / Path(key).name)
         return local
 
 

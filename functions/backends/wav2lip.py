@@ -18,9 +18,6 @@ speech, to the frame), a poster, and the render's lip-sync metrics scored by the
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,36 +25,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.audio import read_wav
 from core.device import pick_device
 from core.stage import StageContext, StageResult
 from core.video import mux_audio, write_mp4, write_poster
 from functions.align import fetch_video
 from functions.backends.base import AvatarBackend, DatasetPolicy, TrainedAvatar
-from functions.lipsync_metrics import DEFAULT_VSHIFT, LipSyncMetrics, lip_sync_metrics, lower_half
+from functions.lip_sync_expert import (
+    add_render_lip_sync,
+    epoch_curves,
+    expert_summary,
+    latest_loop_checkpoint,
+    load_window_sets,
+    loop_hooks,
+    rounded,
+    standard_scorer,
+    state_bytes,
+    train_person_expert,
+)
+from functions.lipsync_metrics import DEFAULT_VSHIFT, lip_sync_metrics, lower_half
 from functions.lora_dataset import load_face_records
-from functions.lora_training import LoopHooks
 from functions.loss_curve import write_talking_loss_curves
 from functions.models.syncnet import SYNC_FRAMES, LipSyncExpert, load_expert
-from functions.models.wav2lip import Wav2LipGenerator, load_generator, masked_input, read_state_dict
+from functions.models.wav2lip import Wav2LipGenerator, load_generator, masked_input
 from functions.models.wav2lip_audio import load_wav, mel_window, melspectrogram, window_start
 from functions.models.wav2lip_disc import VisualQualityDiscriminator
 from functions.reference_footage import ping_pong, reference_segment
-from functions.standard_lse import standard_lse, syncnet_crop, syncnet_weights_from_env
+from functions.standard_lse import syncnet_crop
 from functions.talking_render import TalkingFrames, lip_synced_frames, use_bf16
 from functions.wav2lip_avatar import (EXPERT_FILE, GENERATOR_FILE, REFERENCE_FILE, TRACK_FILE, Wav2LipAvatarFiles,
                                       quietest_frame, read_reference, write_reference)
-from functions.wav2lip_dataset import ChannelOrder, load_face, load_window_set
+from functions.wav2lip_dataset import ChannelOrder, load_face
 from functions.wav2lip_training import (
     GAN_WEIGHT,
     ExpertConfig,
     ExpertReport,
     GeneratorConfig,
-    LoopState,
     WindowSet,
-    evaluate_expert,
     evaluate_generator,
-    train_expert,
     train_generator,
 )
 from schemas.avatar import AvatarManifest
@@ -68,20 +72,8 @@ from schemas.handoff import AlignOutput, DatasetPrepared
 from schemas.plan import Plan, TalkingPlan
 
 FPS = 25
-CHECKPOINTS = "checkpoints/"
-KEEP_CHECKPOINTS = 2
 MIN_REFERENCE_FRAMES = 2 * FPS  # two seconds of clean footage at least: shorter ping-pong looks like a stutter
 MODEL_ID = "wav2lip"
-
-
-def _rounded(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, digits)
-
-
-def _save(module: torch.nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    return buffer.getvalue()
 
 
 class Wav2LipBackend(AvatarBackend):
@@ -118,7 +110,7 @@ class Wav2LipBackend(AvatarBackend):
             wav, prepared.audio.sample_rate, files.source_first_frame, len(files.track), fps)})
         asset_keys["track"] = ctx.put_output_bytes(TRACK_FILE, files.model_dump_json().encode(),
                                                    content_type="application/json")
-        sets = self._window_sets(ctx, records, mel, fps=fps, seed=brief.seed, channel_order=channel_order)
+        sets = load_window_sets(ctx, records, mel, fps=fps, seed=brief.seed, channel_order=channel_order)
         if len(sets["train"]) == 0:
             raise VideostudioError("too_few_windows", "no run of 5 consecutive aligned faces in the train split")
 
@@ -147,20 +139,20 @@ class Wav2LipBackend(AvatarBackend):
                                           ctx.scratch / "loss_curve.png",
                                           title=f"avatar {brief.avatar}: Wav2Lip width {options.width}")
         curve_key = ctx.put_output_file("loss_curve.png", curve, content_type="image/png")
-        weights_key = ctx.put_output_bytes(GENERATOR_FILE, _save(generator), content_type="application/octet-stream")
-        asset_keys["expert"] = ctx.put_output_bytes(EXPERT_FILE, _save(expert), content_type="application/octet-stream")
+        weights_key = ctx.put_output_bytes(GENERATOR_FILE, state_bytes(generator),
+                                           content_type="application/octet-stream")
+        asset_keys["expert"] = ctx.put_output_bytes(EXPERT_FILE, state_bytes(expert),
+                                                    content_type="application/octet-stream")
 
         metrics = {
             "windows": {s: len(w) for s, w in sets.items()},
-            "expert": {"steps": expert_report.steps, "val_loss": _rounded(expert_report.val_loss),
-                       "val_accuracy": _rounded(expert_report.val_accuracy), "converged": expert_report.converged,
-                       "trained": options.expert_weights is None},
-            "generator": {"steps": generator_report.steps, "val_l1": _rounded(generator_report.val_l1),
-                          "val_sync": _rounded(generator_report.val_sync),
+            "expert": {**expert_summary(expert_report), "trained": options.expert_weights is None},
+            "generator": {"steps": generator_report.steps, "val_l1": rounded(generator_report.val_l1),
+                          "val_sync": rounded(generator_report.val_sync),
                           "sync_on_step": generator_report.sync_on_step, "gan": generator_report.gan,
                           "fine_tuned": options.base_weights is not None},
-            "expert_history": _epoch_curves(expert_report.history),
-            "generator_history": _epoch_curves(generator_report.history),
+            "expert_history": epoch_curves(expert_report.history),
+            "generator_history": epoch_curves(generator_report.history),
             "test": quality.model_dump(),
             "quality_score": round(100 * quality.quality),
             "lip_sync_test": sync,
@@ -196,47 +188,14 @@ class Wav2LipBackend(AvatarBackend):
         keys = {"reference": ctx.put_output_file(REFERENCE_FILE, ctx.scratch / REFERENCE_FILE, content_type="video/mp4")}
         return files, keys
 
-    @staticmethod
-    def _window_sets(ctx: StageContext, records: list[FaceRecord], mel: np.ndarray, *, fps: float, seed: int,
-                     channel_order: ChannelOrder) -> dict[str, WindowSet]:
-        sets = {}
-        shares = {"train": (0.02, 0.08), "val": (0.08, 0.09), "test": (0.09, 0.1)}
-        for split, (lo, hi) in shares.items():
-            def progress(done: int, total: int, lo=lo, hi=hi) -> None:
-                if done % 50 == 0 or done == total:
-                    ctx.progress(lo + (hi - lo) * done / total, "loading faces", step=done, total=total)
-
-            sets[split] = load_window_set(ctx.storage, records, split, mel, fps=fps, seed=seed,
-                                          channel_order=channel_order, progress=progress)
-        return sets
-
     # ----- the two loops
     def _expert(self, ctx: StageContext, brief: TrainBrief, sets: dict[str, WindowSet],
                 loop: dict[str, Any]) -> tuple[LipSyncExpert, ExpertReport]:
         options = brief.wav2lip
         config = ExpertConfig(**loop, epochs=options.expert_epochs or brief.epochs,
                               max_steps=options.expert_max_steps or brief.max_steps)
-        if options.expert_weights:
-            ctx.progress(0.1, "loading the lip-sync expert")
-            expert = load_expert(options.expert_weights, width=options.width).to(config.device)
-            val_loss, val_accuracy = evaluate_expert(expert, sets["val"], config)
-            return expert, ExpertReport(steps=0, epochs=0, history={}, val_loss=val_loss, val_accuracy=val_accuracy,
-                                        converged=val_loss is not None and val_loss <= config.converged_loss,
-                                        converged_loss=config.converged_loss)
-        done = ctx.output_key("expert/report.json")
-        if ctx.storage.stat(done) is not None:  # a resumed job: the expert had finished
-            expert = LipSyncExpert(options.width)
-            expert.load_state_dict(read_state_dict_bytes(ctx.storage.get_bytes(ctx.output_key("expert/expert.pth"))))
-            return expert.to(config.device).eval(), ExpertReport.model_validate_json(ctx.storage.get_bytes(done))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(brief.seed)
-            expert = LipSyncExpert(options.width)
-        report = train_expert(expert, sets["train"], sets["val"], config=config,
-                              resume=_latest_checkpoint(ctx, "expert"),
-                              hooks=_hooks(ctx, "expert", share=(0.1, 0.4)))
-        ctx.put_output_bytes("expert/expert.pth", _save(expert))
-        ctx.put_output_bytes("expert/report.json", report.model_dump_json().encode(), content_type="application/json")
-        return expert, report
+        return train_person_expert(ctx, sets, width=options.width, config=config, seed=brief.seed,
+                                   expert_weights=options.expert_weights, share=(0.1, 0.4))
 
     def _generator(self, ctx: StageContext, brief: TrainBrief, sets: dict[str, WindowSet], loop: dict[str, Any],
                    expert: LipSyncExpert, expert_converged: bool):
@@ -250,8 +209,8 @@ class Wav2LipBackend(AvatarBackend):
             discriminator = VisualQualityDiscriminator(options.width) if options.gan else None
         report = train_generator(generator, sets["train"], sets["val"], expert=expert,
                                  expert_converged=expert_converged, discriminator=discriminator, config=config,
-                                 resume=_latest_checkpoint(ctx, "generator"),
-                                 hooks=_hooks(ctx, "generator", share=(0.4, 0.9)))
+                                 resume=latest_loop_checkpoint(ctx, "generator"),
+                                 hooks=loop_hooks(ctx, "generator", share=(0.4, 0.9)))
         return generator, report
 
     @staticmethod
@@ -317,7 +276,7 @@ class Wav2LipBackend(AvatarBackend):
                                    bf16=bf16)
         poster: list[np.ndarray] = []
         warnings: list[str] = []
-        syncnet = _standard_scorer(warnings)
+        syncnet = standard_scorer(warnings)
         syncnet_crops: list[np.ndarray] = []  # 224-px crops for the standard LSE: 150 KB a frame, only when asked
         positions = ping_pong(plan.num_frames, min(len(reference), len(files.track)))
 
@@ -344,18 +303,8 @@ class Wav2LipBackend(AvatarBackend):
             "paste_s": round(result.timings.paste_s, 3), "generate_s": round(result.timings.generate_s, 3),
             "device": device, "precision": "bf16" if bf16 else "fp32",
         }
-        try:
-            sync: LipSyncMetrics | None = lip_sync_metrics(expert, result.lower_half_tensor(), mel, fps=plan.fps)
-            metrics["lip_sync"] = sync.model_dump(exclude={"distances"})
-        except VideostudioError as exc:  # speech shorter than the ±15-frame search
-            warnings.append(f"no lip-sync metrics: {exc}")
-        if syncnet is not None:
-            try:
-                standard = standard_lse(np.stack(syncnet_crops), read_wav(speech).samples, syncnet)
-                metrics["lip_sync_standard"] = {**standard.model_dump(exclude={"distances"}),
-                                                "lse_d": standard.min_dist, "lse_c": standard.confidence}
-            except VideostudioError as exc:
-                warnings.append(f"no standard LSE: {exc}")
+        add_render_lip_sync(metrics, warnings, expert=expert, lower_halves=result.lower_half_tensor(), mel=mel,
+                            fps=plan.fps, syncnet=syncnet, syncnet_crops=syncnet_crops, speech=speech)
         return StageResult(outputs={"video": video_key, "poster": poster_key},
                            job_outputs={"video": video_key, "poster": poster_key}, metrics=metrics,
                            warnings=warnings, model_id=avatar.base_model)
@@ -371,19 +320,6 @@ class Wav2LipBackend(AvatarBackend):
         return local
 
 
-def _standard_scorer(warnings: list[str]):
-    """SyncNet v2 when VIDEOSTUDIO_SYNCNET_WEIGHTS names it; a bad setting costs the metric, never the render."""
-    try:
-        return syncnet_weights_from_env()
-    except VideostudioError as exc:
-        warnings.append(f"no standard LSE: {exc}")
-        return None
-
-
-def read_state_dict_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    return read_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-
-
 def _longest_test_run(records: list[FaceRecord]) -> list[FaceRecord]:
     faces = sorted((r for r in records if r.split == "test" and r.face_key), key=lambda r: r.frame_index)
     best: list[FaceRecord] = []
@@ -394,40 +330,3 @@ def _longest_test_run(records: list[FaceRecord]) -> list[FaceRecord]:
             best = run
     return best
 
-
-def _epoch_curves(history: dict[str, list]) -> dict[str, list[float | None]]:
-    """The per-epoch train and validation curves (per-step values stay in the checkpoints and the PNG)."""
-    return {k: [_rounded(v) for v in values] for k, values in history.items() if not k.startswith("step_")}
-
-
-def _hooks(ctx: StageContext, phase: str, *, share: tuple[float, float]) -> LoopHooks:
-    """Progress and live metrics (L1, sync loss, expert accuracy, validation) into the manifest; checkpoints
-    into the job's outputs, the last KEEP_CHECKPOINTS kept."""
-    prefix = f"{CHECKPOINTS}{phase}/"
-    lo, hi = share
-
-    def on_step(state: LoopState, total: int, loss: float, steps_per_s: float) -> None:
-        ctx.progress(lo + (hi - lo) * state.step / total, f"training the {phase}", step=state.step, total=total)
-        last = {k.removeprefix("step_"): _rounded(v[-1]) for k, v in state.history.items() if k.startswith("step_") and v}
-        remaining = total - state.step
-        ctx.update_metrics(phase=phase, step=state.step, total_steps=total, **{f"{phase}_last": last},
-                           steps_per_s=round(steps_per_s, 4), eta_s=round(remaining / steps_per_s, 1) if steps_per_s else None)
-
-    def on_epoch(state: LoopState) -> None:
-        ctx.update_metrics(**{f"{phase}_epoch": state.epoch, f"{phase}_history": _epoch_curves(state.history)})
-
-    def save_checkpoint(step: int, data: bytes) -> None:
-        key = ctx.put_output_bytes(f"{prefix}step-{step:07d}.pt", data)
-        ctx.put_output_bytes(f"{prefix}latest.json", json.dumps({"step": step, "key": key}).encode())
-        old = [k for k in ctx.storage.list_keys(ctx.output_key(prefix)) if k.endswith(".pt")]
-        for stale in sorted(old)[:-KEEP_CHECKPOINTS]:
-            ctx.storage.delete(stale)
-
-    return LoopHooks(on_step=on_step, on_epoch=on_epoch, save_checkpoint=save_checkpoint)
-
-
-def _latest_checkpoint(ctx: StageContext, phase: str) -> bytes | None:
-    pointer = ctx.output_key(f"{CHECKPOINTS}{phase}/latest.json")
-    if ctx.storage.stat(pointer) is None:
-        return None
-    return ctx.storage.get_bytes(json.loads(ctx.storage.get_bytes(pointer))["key"])
