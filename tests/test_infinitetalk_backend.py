@@ -13,29 +13,12 @@ import torch
 
 from tests import pipeline_jobs
 from tests.pipeline_jobs import drain, submit
+from tests.infinitetalk_jobs import tiny_train_brief
 from tests.real_media import looped_talking_video
 
 pytestmark = pytest.mark.slow
 
-TRAIN = """\
-kind: train
-avatar: {avatar}
-video: uploads/ann.mp4
-backend: infinitetalk
-epochs: 2
-batch_size: 8
-checkpoint_every: 4
-mixed_precision: "no"
-infinitetalk:
-  base_model: tiny
-  clip_frames: 9
-  height: 32
-  width: 32
-  steps: 2
-  chunk_frames: 17
-  motion_frames: 5
-  lora_rank: 4
-"""
+TRAIN = tiny_train_brief(avatar="ann", epochs=2, batch_size=8, checkpoint_every=4)
 
 
 def streams(path: Path) -> dict[str, dict]:
@@ -50,7 +33,7 @@ def trained(tmp_path_factory):
     video = looped_talking_video(tmp_path_factory.mktemp("media") / "ann.mp4", clip="talking-3.mp4", seconds=32,
                                  side=160)
     runner = pipeline_jobs.make_runner(tmp_path_factory.mktemp("bucket"), {"uploads/ann.mp4": video})
-    job = drain(runner, submit(runner, "ann.yaml", TRAIN.format(avatar="ann")))
+    job = drain(runner, submit(runner, "ann.yaml", TRAIN))
     return runner, job
 
 

@@ -30,28 +30,10 @@ from functions.models.syncnet import FACE_HEIGHT, FACE_WIDTH, LipSyncExpert
 from functions.models.wav2lip_audio import load_wav, melspectrogram
 from tests import pipeline_jobs
 from tests.pipeline_jobs import drain, submit
+from tests.infinitetalk_jobs import tiny_train_brief
 from tests.real_media import looped_talking_video, media_file
 
-TRAIN = """\
-kind: train
-avatar: ann
-video: uploads/ann.mp4
-backend: infinitetalk
-epochs: 1
-batch_size: 8
-max_steps: 2
-checkpoint_every: 4
-mixed_precision: "no"
-infinitetalk:
-  base_model: tiny
-  clip_frames: 9
-  height: 32
-  width: 32
-  steps: 2
-  chunk_frames: 17
-  motion_frames: 5
-  lora_rank: 4
-"""
+TRAIN = tiny_train_brief(epochs=1, max_steps=2)
 
 
 def real_clip(name: str, tmp: Path) -> tuple[list[np.ndarray], Path]:

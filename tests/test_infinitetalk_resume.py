@@ -27,34 +27,15 @@ from functions.models.infinitetalk_loading import load_models
 from schemas.brief import InfiniteTalkOptions
 from tests import pipeline_jobs
 from tests.pipeline_jobs import SimulatedKill, dies_after_checkpoint, drain, submit
+from tests.infinitetalk_jobs import LONG_LINE, tiny_train_brief
 from tests.real_media import looped_talking_video
 
 pytestmark = pytest.mark.slow
 
 THROTTLE_S = 0.55  # > StageContext.check_cancelled's every_s
 STEPS = 6
-TRAIN = f"""\
-kind: train
-avatar: ann
-video: uploads/ann.mp4
-backend: infinitetalk
-epochs: 2
-batch_size: 8
-max_steps: {STEPS}
-checkpoint_every: 2
-mixed_precision: "no"
-seed: 4
-infinitetalk:
-  base_model: tiny
-  clip_frames: 9
-  height: 32
-  width: 32
-  steps: 2
-  chunk_frames: 17
-  motion_frames: 5
-  lora_rank: 4
-"""
-SCRIPT = "avatar: ann\nscript: Hello there. This is a longer line, so that the render needs three chunks or more.\n"
+TRAIN = tiny_train_brief(epochs=2, max_steps=STEPS, checkpoint_every=2, seed=4)
+SCRIPT = f"avatar: ann\nscript: {LONG_LINE}\n"
 
 
 @pytest.fixture(scope="module")

@@ -22,32 +22,13 @@ from functions.infinitetalk_chunks import plan_chunks
 from functions.reference_footage import ping_pong
 from tests import pipeline_jobs
 from tests.pipeline_jobs import drain, submit
+from tests.infinitetalk_jobs import LONG_LINE, tiny_train_brief
 from tests.real_media import looped_talking_video, media_file
 
 # The train brief of tests/test_infinitetalk_backend.py, with `mode: video` and two steps (speed: the LoRA is not
 # what is tested here).
-TRAIN = """\
-kind: train
-avatar: {avatar}
-video: uploads/vic.mp4
-backend: infinitetalk
-epochs: 1
-batch_size: 8
-checkpoint_every: 4
-max_steps: 2
-mixed_precision: "no"
-infinitetalk:
-  base_model: tiny
-  clip_frames: 9
-  height: 32
-  width: 32
-  steps: 2
-  chunk_frames: 17
-  motion_frames: 5
-  lora_rank: 4
-  mode: video
-"""
-SCRIPT = "avatar: vic\nscript: Hello there. This is a longer line, so that the render needs three chunks or more.\n"
+TRAIN = tiny_train_brief(avatar="vic", video="uploads/vic.mp4", epochs=1, max_steps=2, mode="video")
+SCRIPT = f"avatar: vic\nscript: {LONG_LINE}\n"
 LINE = "avatar: vic\naudio: uploads/line.wav\n"
 
 
@@ -109,7 +90,7 @@ def trained(tmp_path_factory):
                     str(speech)], check=True)
     runner = pipeline_jobs.make_runner(tmp_path_factory.mktemp("bucket"),
                                        {"uploads/vic.mp4": video, "uploads/line.wav": speech})
-    job = drain(runner, submit(runner, "vic.yaml", TRAIN.format(avatar="vic")))
+    job = drain(runner, submit(runner, "vic.yaml", TRAIN))
     return runner, job
 
 

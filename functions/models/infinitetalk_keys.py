@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from functions.models.infinitetalk import (
     InfiniteTalkTransformer,
     official_wan_config_to_diffusers,
 )
+from functions.models.strict_loading import named, raise_if_incompatible
 from schemas.errors import VideostudioError
 
 Shape = tuple[int, ...]
@@ -225,9 +226,8 @@ def export_official_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, 
     return base, audio
 
 
-def _named(items: list[str]) -> str:
-    more = f" and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else ""
-    return ", ".join(items[:_MAX_NAMED]) + more
+def _named(items: Sequence[str]) -> str:
+    return named(items, _MAX_NAMED)
 
 
 def _merge_names(base: Iterable[str], infinitetalk: Iterable[str]) -> dict[str, str]:
@@ -254,16 +254,8 @@ def check_state_shapes(model: torch.nn.Module, shapes: Mapping[str, Shape], *, w
     unexpected = [label(k) for k in shapes if k not in expected]
     wrong = [f"{label(k)}: file {list(shapes[k])}, model {list(v)}" for k, v in expected.items()
              if k in shapes and tuple(shapes[k]) != v]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_named(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_named(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} with another shape: {_named(wrong)}")
-    if problems:
-        raise VideostudioError("avatar_weights_incompatible", f"the checkpoints do not fit the {what}: "
-                               + "; ".join(problems))
+    raise_if_incompatible(what, missing=missing, unexpected=unexpected, wrong=wrong, subject="the checkpoints do",
+                          limit=_MAX_NAMED)
 
 
 def load_infinitetalk_state(base: Mapping[str, torch.Tensor], infinitetalk: Mapping[str, torch.Tensor]

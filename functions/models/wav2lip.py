@@ -29,6 +29,7 @@ from typing import Mapping, NamedTuple, Sequence, TypeVar
 import torch
 from torch import nn
 
+from functions.models.strict_loading import named, raise_if_incompatible
 from schemas.errors import VideostudioError
 
 FACE_SIZE = 96
@@ -259,8 +260,7 @@ def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
 
 
 def _named(items: Sequence[str]) -> str:
-    more = f" and {len(items) - _MAX_NAMED} more" if len(items) > _MAX_NAMED else ""
-    return ", ".join(items[:_MAX_NAMED]) + more
+    return named(items, _MAX_NAMED)
 
 
 def load_strict(model: M, source: WeightsSource, what: str) -> M:
@@ -273,16 +273,7 @@ def load_strict(model: M, source: WeightsSource, what: str) -> M:
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_named(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_named(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} with another shape: {_named(wrong)}")
-    if problems:
-        raise VideostudioError("avatar_weights_incompatible", f"the checkpoint does not fit the {what}: "
-                                                              + "; ".join(problems))
+    raise_if_incompatible(what, missing=missing, unexpected=unexpected, wrong=wrong, limit=_MAX_NAMED)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
