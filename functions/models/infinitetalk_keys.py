@@ -388,6 +388,8 @@ def _config_for(path: Path, config: Mapping[str, Any] | None) -> dict[str, Any]:
     candidate = path / "config.json" if path.is_dir() else None
     if candidate is not None and candidate.is_file():
         wan = json.loads(candidate.read_text())
+        if wan.get("_class_name") == InfiniteTalkTransformer.__name__:  # this class's own saved config
+            return {k: v for k, v in wan.items() if not k.startswith("_")}
         if wan.get("_class_name") == "WanModel" or "dim" in wan:
             try:
                 return official_wan_config_to_diffusers(wan)
@@ -404,8 +406,9 @@ def load_infinitetalk_transformer(base_path_or_dir: str | os.PathLike, infinitet
 
     `base_path_or_dir`: the Wan2.1-I2V-14B-480P transformer (file, shard directory, or hub repo
     `Wan-AI/Wan2.1-I2V-14B-480P`); `infinitetalk_path`: `single/infinitetalk.safetensors` (local or
-    `MeiGen-AI/InfiniteTalk:single/infinitetalk.safetensors`). `config` defaults to the directory's official
-    `config.json`, else `INFINITETALK_14B_CONFIG`. Names and shapes are checked from the file headers before
+    `MeiGen-AI/InfiniteTalk:single/infinitetalk.safetensors`). `config` defaults to the directory's
+    `config.json` (the official Wan one, or this class's own as `save_config` writes it), else
+    `INFINITETALK_14B_CONFIG`. Names and shapes are checked from the file headers before
     any tensor is read; the model is built on the meta device and filled one tensor at a time, cast to
     `dtype` (diffusers' `_keep_in_fp32_modules` stay float32, as `from_pretrained` keeps them) on `device`.
     """
