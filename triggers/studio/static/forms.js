@@ -1,7 +1,7 @@
 // Forms that build a brief: each control is bound to a brief field (a dotted path), the brief is checked
 // against the API's JSON Schema as the user types, and every error, the page's or the server's, is marked
 // on its field (aria-invalid plus the text under it); errors no control owns go in the form's summary.
-import { h, markField } from "./dom.js";
+import { fmtBytes, h, markField } from "./dom.js";
 import { plainSchema, schemaErrors, serverErrors, validatorFor } from "./schema.js";
 
 const humanise = (name) => name.replaceAll("_", " ").replace(/^./, (c) => c.toUpperCase());
@@ -103,3 +103,18 @@ export function controlFor(schemas, id, property) {
 
 export const labelFor = (schemas, name, property) => plainSchema(schemas, property).title ?? humanise(name);
 export const helpFor = (schemas, property) => plainSchema(schemas, property).description;
+
+// An upload field's check before anything is sent: a file chosen, within the server's limit, of a type it takes.
+// Marks the field and returns whether it passed.
+export function checkUpload(input, { suffixes, limit, missing }) {
+  const file = input.files[0];
+  let message = null;
+  if (!file) message = missing;
+  else if (file.size > limit) {
+    message = `${file.name} is ${fmtBytes(file.size)}: this server takes uploads of at most ${fmtBytes(limit)}`;
+  } else if (!suffixes.some((s) => file.name.toLowerCase().endsWith(s))) {
+    message = `${file.name} is not one of ${suffixes.join(", ")}`;
+  }
+  markField(input, message);
+  return message === null;
+}

@@ -3,7 +3,7 @@
 // result when it is done.
 import { api, serverInfo, upload } from "../api.js";
 import { briefName, fail, field, fmtBytes, h, markField, markNav, progressBar, show } from "../dom.js";
-import { BriefForm } from "../forms.js";
+import { BriefForm, checkUpload } from "../forms.js";
 import { briefSchemas } from "../schema.js";
 
 export function createPage() {
@@ -91,18 +91,8 @@ export function createPage() {
     modes.addEventListener("change", switchParts);
     sources.addEventListener("change", switchParts);
 
-    const checkAudio = () => {
-      const file = audio.files[0];
-      let message = null;
-      if (!file) message = "choose a recording";
-      else if (file.size > info.max_upload_bytes) {
-        message = `${file.name} is ${fmtBytes(file.size)}: this server takes uploads of at most ${fmtBytes(info.max_upload_bytes)}`;
-      } else if (!info.audio_suffixes.some((s) => file.name.toLowerCase().endsWith(s))) {
-        message = `${file.name} is not one of ${info.audio_suffixes.join(", ")}`;
-      }
-      markField(audio, message);
-      return message === null;
-    };
+    const checkAudio = () => checkUpload(audio, { suffixes: info.audio_suffixes, limit: info.max_upload_bytes,
+      missing: "choose a recording" });
     audio.addEventListener("change", checkAudio);
 
     node.addEventListener("submit", async (e) => {

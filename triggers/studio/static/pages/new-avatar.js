@@ -3,7 +3,7 @@
 // anything is sent; the server enforces it again while the body streams in and keeps nothing partial.
 import { serverInfo, upload } from "../api.js";
 import { fail, field, fmtBytes, h, markField, markNav, progressBar, show } from "../dom.js";
-import { BriefForm, controlFor, helpFor, labelFor } from "../forms.js";
+import { BriefForm, checkUpload, controlFor, helpFor, labelFor } from "../forms.js";
 import { briefSchemas, plainSchema } from "../schema.js";
 
 // Fields the page sets itself, or shows on its own, rather than as generated options.
@@ -59,18 +59,8 @@ export function newAvatarPage() {
     };
     backend.addEventListener("change", showBackend);
 
-    const checkVideo = () => {
-      const file = video.files[0];
-      let message = null;
-      if (!file) message = "choose the training video";
-      else if (file.size > info.max_upload_bytes) {
-        message = `${file.name} is ${fmtBytes(file.size)}: this server takes uploads of at most ${fmtBytes(info.max_upload_bytes)}`;
-      } else if (!info.video_suffixes.some((s) => file.name.toLowerCase().endsWith(s))) {
-        message = `${file.name} is not one of ${info.video_suffixes.join(", ")}`;
-      }
-      markField(video, message);
-      return message === null;
-    };
+    const checkVideo = () => checkUpload(video, { suffixes: info.video_suffixes, limit: info.max_upload_bytes,
+      missing: "choose the training video" });
     video.addEventListener("change", checkVideo);
 
     const bar = progressBar(0, "Upload progress", "upload-progress");
