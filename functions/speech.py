@@ -32,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -161,18 +160,22 @@ def resolve_voice(voice: str | Path = BUNDLED_VOICE, *, voices_dir: Path | None 
 _piper_lock = threading.Lock()  # piper's espeak phonemizer is one global per process
 
 
-@lru_cache(maxsize=4)
-def _piper_voice(model: Path, config: Path):
+def _piper_voice(model: Path, config: Path, seed: int):
+    """A fresh onnxruntime session of the voice, its generator seeded with `seed`. Piper's VITS graph draws its
+    prosody noise with RandomNormalLike ops whose generator is seeded once, when the session is made, and then
+    advances call by call: so a seeded fresh session (~0.3 s) per script is what makes speech repeatable."""
+    import onnxruntime
     from piper import PiperVoice
 
+    onnxruntime.set_seed(seed)
     return PiperVoice.load(model, config)
 
 
-def _load_piper(files: VoiceFiles):
+def _load_piper(files: VoiceFiles, seed: int):
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
     try:
-        return _piper_voice(files.model, files.config)
+        return _piper_voice(files.model, files.config, seed)
     except (OSError, ValueError, KeyError, Fail, InvalidArgument, InvalidGraph, InvalidProtobuf) as exc:
         # a config that is not piper's JSON, a file that is not an ONNX model, a graph onnxruntime rejects
         raise VideostudioError("unknown_voice", f"{files.voice_id!r} is not a usable piper voice "
@@ -193,8 +196,9 @@ def _check_length(duration_s: float) -> None:
 
 
 def synthesize(script: str, *, dest: Path, voice: str | Path = BUNDLED_VOICE, voices_dir: Path | None = None,
-               voice_url: str = VOICE_URL, fetch_timeout_s: float = FETCH_TIMEOUT_S) -> Speech:
-    """`script` spoken by `voice` → a 16 kHz mono normalised WAV at `dest`."""
+               voice_url: str = VOICE_URL, fetch_timeout_s: float = FETCH_TIMEOUT_S, seed: int = 0) -> Speech:
+    """`script` spoken by `voice` → a 16 kHz mono normalised WAV at `dest`. The same script, voice and `seed`
+    give the same samples, so a brief renders the same speech every time (and a render cache can trust it)."""
     from piper import SynthesisConfig
 
     # 1. the script's limits, before any model is loaded
@@ -206,9 +210,9 @@ def synthesize(script: str, *, dest: Path, voice: str | Path = BUNDLED_VOICE, vo
                                f"{MAX_SCRIPT_CHARS:,} can be spoken")
     # 2. the voice, then one chunk per sentence at the voice's rate (22,050 Hz for piper's medium voices)
     files = resolve_voice(voice, voices_dir=voices_dir, voice_url=voice_url, fetch_timeout_s=fetch_timeout_s)
-    piper_voice = _load_piper(files)
     as_spoken = SynthesisConfig(normalize_audio=False)
-    with _piper_lock:
+    with _piper_lock:  # the seed is onnxruntime's one global: set and used under the lock
+        piper_voice = _load_piper(files, seed % 2**31)
         chunks = [c.audio_float_array for c in piper_voice.synthesize(text, syn_config=as_spoken)]
     if not chunks:
         raise VideostudioError("empty_script", "the script has nothing the voice can pronounce")

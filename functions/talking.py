@@ -23,14 +23,16 @@ PREVIEW_SENTENCE = "Hello! This is my new avatar, speaking a sentence it has nev
 
 
 def prepare_speech(ctx: StageContext, *, script: str | None = None, audio_key: str | None = None,
-                   voice: str | None = None, name: str = "speech.wav", at: float = 0.2) -> PreparedSpeech:
+                   voice: str | None = None, name: str = "speech.wav", at: float = 0.2,
+                   seed: int = 0) -> PreparedSpeech:
     """`script` spoken by `voice` (default: the bundled voice), or the recording at `audio_key`, as this stage's
-    output `name`. `at`: the stage's progress while it speaks (a train stage's preview comes at its very end)."""
+    output `name`. `at`: the stage's progress while it speaks (a train stage's preview comes at its very end).
+    `seed`: the brief's, so the same brief speaks the same samples."""
     dest = ctx.scratch / "speech" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     if script is not None:
         ctx.progress(at, "speaking the script")
-        speech = synthesize(script, dest=dest, voice=voice or BUNDLED_VOICE)
+        speech = synthesize(script, dest=dest, voice=voice or BUNDLED_VOICE, seed=seed)
     elif audio_key is not None:
         if ctx.storage.stat(audio_key) is None:
             raise VideostudioError("audio_not_found", f"no recording at {audio_key!r} in the bucket")

@@ -78,8 +78,8 @@ def _sentences_key(sentences: Sequence[str]) -> str:
 
 def speak(sentences: Sequence[str], dest: Path) -> Path:
     """`sentences` spoken by the bundled piper voice, one after another with pauses of silence, as a 16 kHz
-    mono WAV at `dest` (loudness-normalised once, as functions/speech.py does a script). Piper's generator noise
-    is not seedable, so durations vary by ~±0.3 s between runs: compare envelopes, not samples."""
+    mono WAV at `dest` (loudness-normalised once, as functions/speech.py does a script). Speech is seeded
+    (functions/speech.py), so the corpus is the same in every run and the tests built on it do not vary."""
     from functions.speech import synthesize
 
     dest = Path(dest)

@@ -81,6 +81,11 @@ class AvatarBackend(ABC):
     def render(self, ctx: StageContext, *, plan: Plan) -> StageResult:
         """Render `plan` with the avatar it names; write the video as this stage's outputs."""
 
+    def cache_identity(self, ctx: StageContext, *, plan: Plan) -> dict[str, Any] | None:
+        """What besides the plan, the avatar's files and the speech changes this backend's pixels (the base
+        models it renders on), for the render cache's key (functions/render_key.py); None: do not cache."""
+        return {"backend": self.name}
+
     def plan_render(self, ctx: StageContext, *, brief: RenderBrief, avatar: AvatarManifest) -> Plan:
         """prepare of a render brief with `avatar:`: the plan `render` executes. A talking backend's plan
         carries the speech, made ready here (so a bad script or recording fails the job in prepare)."""
@@ -88,7 +93,8 @@ class AvatarBackend(ABC):
             if not brief.talking:
                 raise VideostudioError("missing_speech", f"avatar {avatar.avatar_id!r} ({self.name}) speaks: give "
                                        "script: (text) or audio: (a recording's bucket key)")
-            speech = prepare_speech(ctx, script=brief.script, audio_key=brief.audio, voice=brief.voice)
+            speech = prepare_speech(ctx, script=brief.script, audio_key=brief.audio, voice=brief.voice,
+                                    seed=brief.seed)
             return talking_plan(self.name, avatar, avatar_key=avatar_prefix(avatar.avatar_id) + "manifest.json",
                                 speech=speech, seed=brief.seed, quantization=brief.quantization, gpus=brief.gpus)
         if brief.talking:
@@ -105,7 +111,8 @@ class AvatarBackend(ABC):
         """What the train job's last stage renders with the new avatar (`avatar_key`: its manifest): a talking
         avatar says PREVIEW_SENTENCE; another renders a short square clip of its preview prompt."""
         if self.talks:
-            speech = prepare_speech(ctx, script=PREVIEW_SENTENCE, name="preview_speech.wav", at=0.96)
+            speech = prepare_speech(ctx, script=PREVIEW_SENTENCE, name="preview_speech.wav", at=0.96,
+                                    seed=brief.seed)
             return talking_plan(self.name, avatar, avatar_key=avatar_key, speech=speech, seed=brief.seed)
         size = min(brief.resolution, PREVIEW_MAX_SIDE)
         preview = RenderBrief(prompt=self.preview_prompt(brief, avatar), preset="fast", model=avatar.base_model,
