@@ -100,13 +100,15 @@ MAX_WAIT_S = 5 * MINUTES  # one wake_later call waits at most this long, then ch
 
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]  # scripts/lock-modal.sh holds the lock to these
 FACENET = "facenet-pytorch==2.6.0"  # its metadata pins old torch/numpy: installed with --no-deps
+MEDIAPIPE = "mediapipe==0.10.14"  # pins protobuf<5 (modal needs newer) and pulls jax: --no-deps
 SOURCE_PACKAGES = ["core", "schemas", "functions", "triggers"]
 REPO_ROOT = Path(__file__).resolve().parent
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 # Exact pins of pyproject.toml's runtime dependency closure: re-lock with scripts/lock-modal.sh.
 MODAL_REQUIREMENTS = REPO_ROOT / "scripts" / "modal-requirements.txt"
 
-STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "train": "run_train", "render": "run_render"}
+STAGE_FUNCTIONS = {"prepare": "run_prepare", "align": "run_align", "train": "run_train", "render": "run_render",
+                   "compose": "run_compose"}
 WEBHOOK_FUNCTION = "run_webhook"
 WEB_CONCURRENT_INPUTS = 16  # one web container serves this many requests at once
 DELAY_FUNCTION = "wake_later"
@@ -119,7 +121,7 @@ image = (
     .pip_install(*TORCH_PINS)  # a layer of its own: re-locking the rest does not download torch again
     # Everything else, pinned exactly (the lock holds torch at TORCH_PINS, so this layer keeps it).
     .pip_install_from_requirements(str(MODAL_REQUIREMENTS))
-    .run_commands(f"python -m pip install --no-deps {FACENET}")
+    .run_commands(f"python -m pip install --no-deps {FACENET} {MEDIAPIPE}")
     .env({
         "VIDEOSTUDIO_LEASE_S": str(LEASE_S),
         "HF_HOME": f"{MODELS_MOUNT}/huggingface",
@@ -263,6 +265,13 @@ def run_render(message: dict, attempt: int = 1) -> dict:
     return handle("run_render", message, attempt)
 
 
+@app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume}, secrets=secrets, cpu=8.0, memory=16384,
+              timeout=2 * HOURS, retries=stage_retries)
+def run_compose(message: dict, attempt: int = 1) -> dict:
+    """compose: a new background behind the person (mediapipe segmentation and ffmpeg, CPU)."""
+    return handle("run_compose", message, attempt)
+
+
 @app.function(image=image, volumes={BUCKET_MOUNT: bucket_volume}, secrets=secrets, cpu=0.5, memory=1024,
               timeout=2 * MINUTES, retries=webhook_retries)
 def run_webhook(message: dict, attempt: int = 1) -> dict:
@@ -371,6 +380,7 @@ CLASSES = {INFINITETALK_CLASS: InfiniteTalk}
 
 FUNCTIONS = {
     "run_prepare": run_prepare, "run_align": run_align, "run_train": run_train, "run_render": run_render,
+    "run_compose": run_compose,
     "run_webhook": run_webhook,
     "wake_later": wake_later, "reconcile": reconcile, "web": web,
 }

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
+from core.render_cache import RenderCacheIndex
 from core.storage import Storage
 from schemas.avatar import AvatarManifest
 from schemas.errors import VideostudioError
@@ -73,6 +74,8 @@ class AvatarRegistry:
         self.storage.delete(prefix + "manifest.json")
         for key in self.storage.list_keys(prefix):
             self.storage.delete(key)
+        # Renders (and latents) made with it must not be reused: a new avatar of the same id is another person.
+        RenderCacheIndex(self.storage).invalidate_avatar(avatar_id)
 
 
 def deploy_from_job(registry: AvatarRegistry, job: JobManifest) -> AvatarManifest:

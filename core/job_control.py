@@ -6,6 +6,7 @@ Each is one compare-and-swap on the job manifest, followed by the webhook event 
 from __future__ import annotations
 
 from core.jobs import ManifestStore, add_stage_seconds, cancel_marker_key
+from core.lanes import lane_of
 from core.queue import WorkQueue
 from core.run_events import Emitter
 from core.storage import Storage
@@ -77,7 +78,7 @@ class JobControl:
             stage_box.append(failed)  # the failed run's webhooks stay; the new run's events get new ids
 
         manifest = self.store.update(job_id, reset)
-        self.queue.put(TaskMessage(job_id=job_id, stage=stage_box[0]))
+        self.queue.put(TaskMessage(job_id=job_id, stage=stage_box[0], lane=lane_of(manifest)))
         self.emit("job.retried", job_id=job_id, stage=stage_box[0])
         return manifest
 

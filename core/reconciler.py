@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from core.job_control import JobControl
 from core.jobs import ManifestStore
+from core.lanes import lane_of
 from core.queue import WorkQueue
 from core.run_events import Emitter
 from core.settings import Settings
@@ -59,8 +60,8 @@ class Reconciler:
             if stage is None:
                 self.control.finish(manifest.job_id, JobStatus.succeeded)
                 continue
-            if self._stage_lost(manifest, stage, now) and self.queue.put(TaskMessage(job_id=manifest.job_id,
-                                                                                      stage=stage)):
+            if self._stage_lost(manifest, stage, now) and self.queue.put(
+                    TaskMessage(job_id=manifest.job_id, stage=stage, lane=lane_of(manifest))):
                 requeued.append(f"{manifest.job_id}:{stage}")
         if requeued:
             self.emit("reconciled", requeued=requeued)
@@ -74,7 +75,8 @@ class Reconciler:
             requeued.append(f"{job_id}:{event}")
         for delivery in manifest.webhooks:
             if delivery.status == "pending" and self.queue.pending(job_id) == 0:
-                if self.queue.put(TaskMessage(job_id=job_id, action="webhook", webhook_id=delivery.webhook_id)):
+                if self.queue.put(TaskMessage(job_id=job_id, action="webhook", webhook_id=delivery.webhook_id,
+                                              lane=lane_of(manifest))):
                     requeued.append(f"{job_id}:webhook")
         return requeued
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from core.batches import Batches
 from core.job_control import JobControl
 from core.jobs import ManifestStore, derive_job_id, new_manifest
 from core.queue import Lease, WorkQueue
@@ -30,6 +31,7 @@ from core.storage import Storage, validate_key
 from core.webhook_queue import WebhookQueue
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent, TaskMessage
+from schemas.batch import BatchManifest
 from schemas.manifest import InputRecord, JobManifest, StageStatus
 
 __all__ = ["INBOX", "EventHook", "Runner"]
@@ -55,6 +57,8 @@ class Runner:
         self._stages = StageRunner(storage=storage, pipeline=pipeline, settings=settings, control=self._control,
                                    **shared)
         self._reconciler = Reconciler(settings=settings, control=self._control, **shared)
+        self.batches = Batches(storage=storage, jobs=self.store, queue=queue, pipeline=pipeline, settings=settings,
+                               emit=self._emit, batch_format=pipeline.batches)
 
     # ------------------------------------------------------------------ submit
     def submit(self, event: StorageEvent) -> tuple[str, bool]:
@@ -66,11 +70,13 @@ class Runner:
         if info is None:
             raise VideostudioError("input_not_found", f"no object at {key!r}")
         content_hash = event.content_hash or self.storage.content_hash(key)
+        if self.batches.is_batch(key):  # a list of briefs: one batch, a job per item (core/batches.py)
+            return self.batches.submit(key, info, content_hash, event.source)
         job_id = derive_job_id(self.storage.name, key, content_hash)
         if self.store.load(job_id) is not None:
             return job_id, False
         kind = self.pipeline.classify(self.storage, key)
-        route = self.pipeline.route(kind)
+        route = self.pipeline.route_for(self.storage, key, kind)
         manifest = new_manifest(job_id, kind, InputRecord(key=key, size=info.size, hash=content_hash, etag=info.etag,
                                                           source=event.source), route)
         manifest.stages[route[0]].status = StageStatus.queued
@@ -92,7 +98,9 @@ class Runner:
     def process(self, lease: Lease) -> None:
         message = lease.message
         try:
-            if message.action == "webhook":
+            if message.action == "batch_webhook":
+                self.batches.deliver(lease)
+            elif message.action == "webhook":
                 self._webhooks.deliver(lease)
             else:
                 self._run_stage_message(lease)
@@ -128,8 +136,17 @@ class Runner:
         return self._control.cancel(job_id)
 
     def reconcile(self) -> list[str]:
-        """Re-enqueue work whose message was lost or whose worker died. Returns what it re-queued."""
-        return self._reconciler.reconcile()
+        """Re-enqueue work whose message was lost or whose worker died, and repair batches from their jobs.
+        Returns what it re-queued or repaired."""
+        return self._reconciler.reconcile() + self.batches.reconcile(self._cancel_quietly)
+
+    # ------------------------------------------------------------------ batches
+    def cancel_batch(self, batch_id: str) -> BatchManifest:
+        """Cancel every item of a batch that has not ended (running ones stop at their next step)."""
+        return self.batches.cancel(batch_id, self._cancel_quietly)
+
+    def _cancel_quietly(self, job_id: str) -> object:
+        return self._control.cancel(job_id)
 
     # ------------------------------------------------------------------ webhooks
     def _queue_webhook_event(self, manifest: JobManifest, event: str, *, stage: str | None = None) -> None:
@@ -139,6 +156,8 @@ class Runner:
         # The parts queue every webhook event through `self._queue_webhook_event`, looked up at each call, so a
         # test that replaces it on the instance (to crash between a commit and its webhook) sees every event.
         self._queue_webhook_event(manifest, event, stage=stage)
+        # The same seam sees every start and end of a job: those of batch items move their batch.
+        self.batches.on_job_event(manifest, event, stage=stage)
 
     @property
     def device(self) -> str:

@@ -27,6 +27,18 @@ class Settings(BaseSettings):
         "Comma-separated regexes of module names that quantization leaves in bf16 (besides norms, embeddings "
         "and the output layers), e.g. `norm1,attn1.to_out`."))
 
+    # Render, encoder and latent caches (bucket prefix cache/; see README "Render and encoder caches")
+    render_cache: bool = Field(default=True, description=(
+        "Reuse a finished render whose determinism key matches (a brief's `cache: false` renders afresh anyway)."))
+    encoder_cache_memory_bytes: int = Field(default=256 * 1024**2, ge=0, description=(
+        "Per-worker LRU of text/audio encoder outputs, in bytes (0: none)."))
+    encoder_cache_max_bytes: int = Field(default=1024**3, ge=0, description=(
+        "Size limit of cache/encoders/ in the bucket; the least recently used entries go first (0: no bucket cache)."))
+    latent_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0, description=(
+        "Size limit of cache/latents/ (intermediate Mochi latents for `cache: {approximate: true}`; 0: none kept)."))
+    approximate_min_similarity: float = Field(default=0.9, ge=0.0, le=1.0, description=(
+        "Least cosine similarity of two prompts' text embeddings for an approximate render to reuse a latent."))
+
     lease_s: float = Field(default=60.0, gt=0, description="Queue visibility timeout and stage heartbeat horizon.")
     max_attempts: int = Field(default=3, ge=1, description=(
         "Attempts per stage (counted in the job manifest) before the job fails as max_attempts_exceeded. Not the "

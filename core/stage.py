@@ -13,15 +13,17 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from core.batch_format import BatchFormat
 from core.settings import Settings
 from core.storage import Storage
-from schemas.brief import RenderBrief, TrainBrief
+from schemas.brief import ComposeBrief, RenderBrief, TrainBrief
+from schemas.cache import CacheRecord
 from schemas.errors import VideostudioError
 from schemas.handoff import StageHandoff
 from schemas.manifest import InputRecord, JobManifest
 
 HandoffT = TypeVar("HandoffT", bound=StageHandoff)
-BriefT = TypeVar("BriefT", RenderBrief, TrainBrief)
+BriefT = TypeVar("BriefT", RenderBrief, TrainBrief, ComposeBrief)
 
 
 class JobCancelled(VideostudioError):
@@ -33,11 +35,12 @@ class JobCancelled(VideostudioError):
 class StageResult:
     outputs: dict[str, str] = field(default_factory=dict, metadata={"doc": "name → bucket key of this stage's outputs"})
     metrics: dict[str, Any] = field(default_factory=dict)
-    request: RenderBrief | TrainBrief | None = None  # the validated brief (prepare sets it): the manifest's `request`
+    request: RenderBrief | TrainBrief | ComposeBrief | None = None  # the validated brief (prepare sets it): the manifest's `request`
     handoff: StageHandoff | None = None  # what this stage hands on; later stages read it with ctx.handoff()
     job_outputs: dict[str, str] = field(default_factory=dict)  # promoted to the job manifest's `outputs`
     warnings: list[str] = field(default_factory=list)
     model_id: str | None = None  # recorded in the manifest's `versions.model`
+    cache: CacheRecord | None = None  # the render's use of the render cache: the manifest's `cache`
 
 
 ProgressFn = Callable[[float, str, int | None, int | None], None]
@@ -59,7 +62,7 @@ class StageContext:
     _last_cancel_check: float = 0.0
 
     @property
-    def request(self) -> RenderBrief | TrainBrief | None:
+    def request(self) -> RenderBrief | TrainBrief | ComposeBrief | None:
         return self.manifest.request
 
     def brief(self, kind: type[BriefT]) -> BriefT:
@@ -131,9 +134,17 @@ class Pipeline:
     routes: Mapping[str, Sequence[str]]
     stages: Mapping[str, StageFn]
     classify: Callable[[Storage, str], str]  # (storage, input key) → job kind
+    batches: BatchFormat | None = None  # batch files (`*.batch.csv` …): one batch, a job per item (core/batches.py)
+    # (storage, input key, kind) → the job's stages where the input itself decides (a render brief with
+    # `background:` adds compose); None: the kind's route as it is.
+    plan_route: Callable[[Storage, str, str], Sequence[str]] | None = None
 
     def route(self, kind: str) -> list[str]:
         return list(self.routes.get(kind) or self.routes[self.default_kind])
+
+    def route_for(self, storage: Storage, key: str, kind: str) -> list[str]:
+        """The stages a new job for the input `key` runs."""
+        return list(self.plan_route(storage, key, kind)) if self.plan_route is not None else self.route(kind)
 
     @property
     def default_kind(self) -> str:

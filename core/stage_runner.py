@@ -20,6 +20,7 @@ from pathlib import Path
 from core.device import device_name
 from core.heartbeat import Heartbeat
 from core.job_control import JobControl
+from core.lanes import lane_of
 from core.jobs import ManifestStore, add_stage_seconds, set_stage_status
 from core.queue import Lease, WorkQueue
 from core.run_events import Emitter
@@ -70,6 +71,8 @@ def _apply_result(manifest: JobManifest, result: StageResult) -> None:
     manifest.warnings.extend(w for w in result.warnings if w not in manifest.warnings)
     if result.model_id:
         manifest.versions.model = result.model_id
+    if result.cache is not None:
+        manifest.cache = result.cache
 
 
 class StageRunner:
@@ -101,7 +104,7 @@ class StageRunner:
             return None
         if message.stage != stage:
             # A stale or duplicated message: make sure the right stage is queued, then drop this one.
-            self.queue.put(TaskMessage(job_id=manifest.job_id, stage=stage))
+            self.queue.put(TaskMessage(job_id=manifest.job_id, stage=stage, lane=lane_of(manifest)))
             self.queue.ack(lease)
             return None
         if self.control.cancel_requested(manifest.job_id):
@@ -256,7 +259,7 @@ class StageRunner:
         self.emit("stage.succeeded", job_id=job_id, stage=stage, seconds=done.seconds)
         # 3. wake the next step, then let go of this message
         if next_stage[0] is not None:
-            self.queue.put(TaskMessage(job_id=job_id, stage=next_stage[0]))
+            self.queue.put(TaskMessage(job_id=job_id, stage=next_stage[0], lane=lane_of(manifest)))
         else:
             self.queue_webhook(manifest, "job.succeeded")
             self.emit("job.finished", job_id=job_id, status="succeeded")

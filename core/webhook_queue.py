@@ -13,6 +13,7 @@ from typing import Protocol
 
 from core import webhooks
 from core.jobs import ManifestStore, manifest_key, webhook_body_key
+from core.lanes import lane_of
 from core.queue import Lease, WorkQueue
 from core.run_events import Emitter
 from core.settings import Settings
@@ -66,7 +67,7 @@ class WebhookQueue:
                                                   signed=signed))
 
         self.store.update(manifest.job_id, add)
-        self.queue.put(TaskMessage(job_id=manifest.job_id, action="webhook", webhook_id=msg_id))
+        self.queue.put(TaskMessage(job_id=manifest.job_id, action="webhook", webhook_id=msg_id, lane=lane_of(manifest)))
 
     def _payload(self, manifest: JobManifest, event: str, stage: str | None) -> WebhookPayload:
         record = manifest.stages.get(stage) if stage else None
@@ -81,6 +82,7 @@ class WebhookQueue:
                 output_urls=self._output_urls(outputs),
                 metrics=record.metrics if record else {},
                 error=record.error if record else manifest.error,
+                batch=manifest.batch,
             ),
         )
 

@@ -268,12 +268,15 @@ def _dtype(module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+TextCache = Callable[["Sampler", str], torch.Tensor]
+
+
 class Sampler:
     """Per-render state shared by the chunks: text embeddings, VAE scaling, the scheduler. Training uses its
     encoders too (`encode_image`, `vae_encode`, `condition`), so a LoRA learns on exactly what renders feed."""
 
     def __init__(self, c: InfiniteTalkComponents, *, prompt: str, negative_prompt: str, height: int, width: int,
-                 shift: float):
+                 shift: float, text_cache: TextCache | None = None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.c = c
@@ -299,8 +302,10 @@ class Sampler:
             raise TypeError("InfiniteTalk samples with FlowMatchEulerDiscreteScheduler (the official's Euler step)")
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             c.scheduler.config, shift=shift, use_dynamic_shifting=False, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-        self.text = self.encode_text(prompt)
-        self.null_text = self.encode_text(negative_prompt)
+        # through the encoder cache when the caller has one (functions/infinitetalk_encoders.py)
+        encode = self.encode_text if text_cache is None else (lambda text: text_cache(self, text))
+        self.text = encode(prompt)
+        self.null_text = encode(negative_prompt)
 
     # encoders ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -396,7 +401,8 @@ def iter_talking(components: InfiniteTalkComponents, *, reference: ImageLike | F
                  height: int = 480, width: int = 832, steps: int = 40, text_guidance: float = 5.0,
                  audio_guidance: float = 4.0, shift: float = DEFAULT_SHIFT_480P, seed: int = 0,
                  chunk_frames: int = 81, motion_frames: int = 9, on_step: OnStep | None = None,
-                 colour_anchor: bool | float = True) -> Iterator[tuple[Chunk, np.ndarray]]:
+                 colour_anchor: bool | float = True,
+                 text_cache: TextCache | None = None) -> Iterator[tuple[Chunk, np.ndarray]]:
     """Render chunk by chunk; yields `(chunk, frames)` with `frames` uint8 [chunk.new_frames, H, W, 3],
     the output frames `chunk.new_start ...` in order. Only the motion tail is kept between chunks.
 
@@ -407,6 +413,7 @@ def iter_talking(components: InfiniteTalkComponents, *, reference: ImageLike | F
     `on_step(chunk, step, steps)`: called before a chunk's first step (step 0) and after each of its
     denoising steps (1..steps); an exception raised there propagates and nothing more runs.
     `colour_anchor`: True / a strength in [0, 1]: match each chunk's Lab mean/std to its reference.
+    `text_cache(sampler, text)`: the UMT5 states of `text` (cached), instead of `sampler.encode_text(text)`.
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
@@ -415,7 +422,7 @@ def iter_talking(components: InfiniteTalkComponents, *, reference: ImageLike | F
         raise ValueError(f"colour_anchor strength must be within [0, 1], got {colour_anchor}")
     chunks = plan_chunks(total_frames, chunk_frames=chunk_frames, motion_frames=motion_frames)
     sampler = Sampler(components, prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
-                       shift=shift)
+                       shift=shift, text_cache=text_cache)
     return _chunks(sampler, chunks, reference=reference, audio_windows=audio_windows, steps=steps,
                    text_guidance=text_guidance, audio_guidance=audio_guidance, seed=seed, on_step=on_step,
                    strength=strength)

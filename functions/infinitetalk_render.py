@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,9 @@ from functions.infinitetalk_audio import frame_windows, prepare_wave
 from functions.infinitetalk_chunks import Chunk, plan_chunks
 from functions.infinitetalk_pipeline import DEFAULT_SHIFT_480P, DEFAULT_SHIFT_720P, iter_talking
 from schemas.brief import InfiniteTalkOptions
+
+if TYPE_CHECKING:
+    from functions.encoder_cache import EncoderCache
 
 FPS = 25
 ADAPTER = "avatar"
@@ -104,8 +108,10 @@ def avatar_lora(transformer, weights: Path) -> Iterator[None]:
 
 
 def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame: OnFrame | None = None,
-                  rank: int = 0, world_size: int = 1) -> RenderResult:
-    """Sample the speech in chunks with the avatar's LoRA and write the frames (rank 0) to `job.output`."""
+                  rank: int = 0, world_size: int = 1, encoders: EncoderCache | None = None) -> RenderResult:
+    """Sample the speech in chunks with the avatar's LoRA and write the frames (rank 0) to `job.output`.
+    `encoders`: the encoder cache (in the stage's process; spawned ranks encode for themselves)."""
+    from functions.infinitetalk_encoders import speech_features, text_cache
     from functions.models.infinitetalk_loading import load_models
 
     options = job.options
@@ -118,7 +124,11 @@ def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame:
         from functions.infinitetalk_parallel import enable_context_parallel
 
         enable_context_parallel(transformer, world_size=world_size)
-    features = models.speech.features(prepare_wave(job.speech), frames=job.num_frames)
+    wave = prepare_wave(job.speech)
+    if encoders is not None:
+        features = speech_features(encoders, models, options, wave, frames=job.num_frames)
+    else:
+        features = models.speech.features(wave, frames=job.num_frames)
     source = reference if options.mode == "image" else footage_source(Path(job.reference_footage))
     poster: list[np.ndarray] = []
     clock = time.perf_counter()
@@ -130,7 +140,8 @@ def render_speech(job: SpeechRender, *, on_step: OnStep | None = None, on_frame:
             steps=options.steps, text_guidance=options.text_guidance, audio_guidance=options.audio_guidance,
             shift=shift_for(options, height, width), seed=job.seed, chunk_frames=options.chunk_frames,
             motion_frames=options.motion_frames, on_step=on_step or _file_hooks(job, rank),
-            colour_anchor=options.colour_anchor)
+            colour_anchor=options.colour_anchor,
+            text_cache=text_cache(encoders, options, method=job.method) if encoders is not None else None)
 
         def frames():
             for chunk, block in stream:

@@ -13,9 +13,10 @@ from core.avatars import AvatarRegistry
 from core.storage import Storage
 from core.stage import StageContext, StageResult
 from functions.backends import get_backend
+from functions.compose_prepare import check_render_background, prepare_compose
 from functions.prepare_video import default_train_brief, prepare_training_video
 from functions.presets import resolve_render_plan
-from schemas.brief import RenderBrief, TrainBrief, parse_brief
+from schemas.brief import ComposeBrief, RenderBrief, TrainBrief, parse_brief
 from schemas.errors import VideostudioError
 from schemas.handoff import RenderPrepared
 from schemas.plan import Plan, TalkingPlan
@@ -38,6 +39,17 @@ def classify_input(storage: Storage, key: str) -> str:
     return "render"  # prepare rejects it with unsupported_input
 
 
+def wants_background(storage: Storage, key: str) -> bool:
+    """The input is a render brief with `background:` (its route gains the compose stage)."""
+    if not key.lower().endswith(BRIEF_SUFFIXES):
+        return False
+    try:
+        brief = parse_brief(storage.get_bytes(key), key)
+    except VideostudioError:
+        return False  # prepare reports the real error
+    return isinstance(brief, RenderBrief) and brief.background is not None
+
+
 def prepare(ctx: StageContext) -> StageResult:
     key = ctx.input.key
     lower = key.lower()
@@ -55,6 +67,9 @@ def prepare(ctx: StageContext) -> StageResult:
             raise VideostudioError("missing_video", "a train brief needs `video:` (a bucket key outside inbox/), "
                                    "or drop the video itself into inbox/")
         return prepare_training_video(ctx, brief)
+    if isinstance(brief, ComposeBrief):
+        return prepare_compose(ctx, brief)
+    check_render_background(ctx, brief)
     return _prepare_render(ctx, brief)
 
 

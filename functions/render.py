@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from core.stage import StageContext, StageResult
 from functions.backends import get_backend
+from functions.render_cache import cached_render
 from functions.text_to_video import render_text_to_video
-from schemas.handoff import RenderPrepared, TrainOutput
+from schemas.handoff import RenderOutput, RenderPrepared, TrainOutput
 from schemas.plan import Plan, RenderPlan
 
 
@@ -21,7 +22,22 @@ def job_plan(ctx: StageContext) -> Plan:
 
 
 def render(ctx: StageContext) -> StageResult:
-    plan = job_plan(ctx)
+    # The plan is final here: the render cache keys it once for every backend (functions/render_cache.py).
+    # A reused render hands its video on too (_with_output_record leaves a result that has a record as it is).
+    return _with_output_record(cached_render(ctx, job_plan(ctx), render_plan))
+
+
+def render_plan(ctx: StageContext, plan: Plan) -> StageResult:
     if isinstance(plan, RenderPlan) and plan.backend is None:
-        return render_text_to_video(ctx, plan)
-    return get_backend(plan.backend).render(ctx, plan=plan)
+        result = render_text_to_video(ctx, plan)
+    else:
+        result = get_backend(plan.backend).render(ctx, plan=plan)
+    return _with_output_record(result)
+
+
+def _with_output_record(result: StageResult) -> StageResult:
+    """Hand on the video as a typed record (RenderOutput) for a compose stage after render."""
+    video = result.job_outputs.get("video")
+    if result.handoff is None and video is not None:
+        result.handoff = RenderOutput(video_key=video, poster_key=result.job_outputs.get("poster"))
+    return result

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from core.stage import Pipeline
+from core.storage import Storage
 from functions.align import align
-from functions.prepare import classify_input, prepare
+from functions.batch_file import BatchFileFormat
+from functions.compose import compose
+from functions.prepare import classify_input, prepare, wants_background
 from functions.render import render
 from functions.train import train
 from schemas.brief import TrainBrief
@@ -18,9 +21,11 @@ ROUTES: dict[str, list[str]] = {
     "render": ["prepare", "render"],
     # A training video becomes an aligned face dataset, a LoRA, a deployed avatar and a preview video.
     "train": ["prepare", "align", "train", "render"],
+    # A new background behind the person in a bucket video (a render brief with `background:` gets compose too).
+    "compose": ["prepare", "compose"],
 }
 
-STAGES = {"prepare": prepare, "align": align, "train": train, "render": render}
+STAGES = {"prepare": prepare, "align": align, "train": train, "render": render, "compose": compose}
 
 # (backend, stage) → the Modal function (here a class method, "Cls.method") that runs that stage for that
 # backend: a GPU container that keeps the backend's models loaded. Stages and backends not listed run on
@@ -33,7 +38,17 @@ ROUTED_STAGES = frozenset(stage for _, stage in BACKEND_FUNCTIONS)
 
 
 def default_pipeline() -> Pipeline:
-    return Pipeline(routes=ROUTES, stages=STAGES, classify=classify_input)
+    return Pipeline(routes=ROUTES, stages=STAGES, classify=classify_input, plan_route=route_for_input,
+                    batches=BatchFileFormat())
+
+
+def route_for_input(storage: Storage, key: str, kind: str) -> list[str]:
+    """The kind's route; a render brief with `background:` runs compose after render (and only then, so a
+    render without one never waits on a stage that would do nothing)."""
+    route = list(ROUTES.get(kind) or ROUTES[next(iter(ROUTES))])
+    if route[-1] == "render" and kind == "render" and wants_background(storage, key):
+        route.append("compose")
+    return route
 
 
 def _handoff(manifest: JobManifest, record: type[StageHandoff]) -> StageHandoff | None:

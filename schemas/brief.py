@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from schemas.cache import CacheOptions
+from schemas.background import BACKGROUND_CODES, Background, background_keys
 from schemas.defaults import DEFAULT_FPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from schemas.errors import VideostudioError
 
@@ -105,6 +107,21 @@ class RenderBrief(_BriefBase):
         "one, or more for long speech where the machine has them."))
     avatar: str | None = Field(default=None, pattern=ID_PATTERN)
     avatar_strength: float = Field(default=1.0, ge=0, le=2)
+    background: Background | None = Field(default=None, description=(
+        "Replace what is behind the person once the video is rendered (the compose stage): {color}, {image, fit}, "
+        "{video}, {blur} or {matte: true} (schemas/background.py)."))
+    # CacheOptions first: a mapping's mistakes (an unknown option) are then the errors reported, not "not a bool".
+    cache: CacheOptions | bool = Field(default=True, description=(
+        "Reuse a finished render with the same determinism key (model and weights, every pixel-changing parameter, "
+        "seed, avatar weights, quantization, scheduler, speech): false renders afresh; a mapping sets options "
+        "(`approximate: true`: start from a similar earlier prompt's latent, off by default)."))
+
+    @property
+    def cache_options(self) -> CacheOptions | None:
+        """The cache options in force; None: `cache: false`."""
+        if self.cache is False:
+            return None
+        return CacheOptions() if self.cache is True else self.cache
 
     @field_validator("prompt")
     @classmethod
@@ -310,12 +327,34 @@ class TrainBrief(_BriefBase):
         return _relative_key(value, "video")
 
 
-Brief = Annotated[Union[RenderBrief, TrainBrief], Field(discriminator="kind")]
-_BRIEF_ADAPTER: TypeAdapter[RenderBrief | TrainBrief] = TypeAdapter(Brief)
+class ComposeBrief(BaseModel):
+    """A new background for a video already in the bucket: the person kept, everything behind them replaced."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    kind: Literal["compose"]
+    video: str = Field(description="Bucket key of the video (outside inbox/), with or without sound.")
+    background: Background = Field(description="What goes behind the person (schemas/background.py).")
+    webhook: WebhookSpec | None = None
+
+    @field_validator("video")
+    @classmethod
+    def _video_key_is_safe(cls, value: str) -> str:
+        return _relative_key(value, "video")
+
+    @property
+    def keys(self) -> list[str]:
+        """Every bucket key the brief reads."""
+        return [self.video, *background_keys(self.background)]
+
+
+Brief = Annotated[Union[RenderBrief, TrainBrief, ComposeBrief], Field(discriminator="kind")]
+_BRIEF_ADAPTER: TypeAdapter[RenderBrief | TrainBrief | ComposeBrief] = TypeAdapter(Brief)
 
 # pydantic error types that are ours (raised above) keep their name as the error code.
 _OWN_CODES = {"empty_prompt", "prompt_too_long", "unknown_preset", "invalid_steps", "invalid_dimensions", "invalid_key",
-              "empty_script", "script_too_long", "conflicting_speech", "missing_avatar", "missing_field"}
+              "empty_script", "script_too_long", "conflicting_speech", "missing_avatar", "missing_field",
+              *BACKGROUND_CODES}
 
 
 def brief_json_schema() -> dict[str, Any]:
@@ -375,7 +414,7 @@ def validation_error_to_videostudio(exc: ValidationError) -> VideostudioError:
     errors = exc.errors(include_url=False)
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err["loc"] if p not in ("render", "train")) or "brief"
+        where = ".".join(str(p) for p in err["loc"] if p not in ("render", "train", "compose")) or "brief"
         parts.append(f"{where}: {err['msg']}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
     details = [{"loc": [str(p) for p in err["loc"] if p not in ("render", "train")], "msg": err["msg"],
@@ -383,7 +422,7 @@ def validation_error_to_videostudio(exc: ValidationError) -> VideostudioError:
     return VideostudioError(_code_for(errors[0]), "; ".join(parts) + more, details=details)
 
 
-def parse_brief(data: bytes, filename: str = "brief.yaml") -> RenderBrief | TrainBrief:
+def parse_brief(data: bytes, filename: str = "brief.yaml") -> RenderBrief | TrainBrief | ComposeBrief:
     """Parse and validate a brief; raise `VideostudioError` with a specific code."""
     document = _load_document(data, filename)
     if document is None:

@@ -39,10 +39,12 @@ class TaskMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job_id: str
-    action: Literal["stage", "webhook"] = "stage"
+    job_id: str = Field(description="The job; for `batch_webhook`, the batch.")
+    action: Literal["stage", "webhook", "batch_webhook"] = "stage"
     stage: str | None = None
     webhook_id: str | None = None
+    lane: str | None = Field(default=None, description=(
+        "The queue lane (a batch's id); None is the shared lane of single jobs. Queues interleave lanes fairly."))
 
     def dedupe_key(self) -> str:
         return f"{self.job_id}:{self.action}:{self.stage or self.webhook_id or ''}"

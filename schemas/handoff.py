@@ -101,3 +101,23 @@ class TrainOutput(StageHandoff):
     weights_key: str = Field(description="The trained weights in the job's outputs (deploy copies them).")
     deployed: bool
     preview: Plan = Field(description="What the job's render stage renders with the new avatar.")
+
+
+class RenderOutput(StageHandoff):
+    """render: the video it made (a later compose stage puts a new background behind its person)."""
+
+    stage: ClassVar[str] = "render"
+
+    video_key: str
+    poster_key: str | None = None
+
+
+class ComposePrepared(StageHandoff):
+    """prepare of a compose job: the bucket video that gets a new background, as probed."""
+
+    stage: ClassVar[str] = "prepare"
+
+    video_key: str
+    video_sha256: str = Field(description="compose refuses the video if it no longer has these bytes.")
+    video: VideoProbe
+    has_audio: bool

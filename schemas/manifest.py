@@ -12,7 +12,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import SCHEMA_VERSION
+from schemas.batch_ref import BatchRef
 from schemas.brief import Brief
+from schemas.cache import CacheRecord
 from schemas.errors import ErrorInfo
 from schemas.migrations import upgrade_job_manifest
 
@@ -132,6 +134,10 @@ class JobManifest(BaseModel):
     webhooks: list[WebhookDelivery] = Field(default_factory=list)
     versions: Versions
     cost: Cost = Field(default_factory=Cost)
+    cache: CacheRecord | None = Field(default=None, description=(
+        "A render's use of the render cache: `{hit: true, source_job}` when it reused a finished job's outputs."))
+    batch: BatchRef | None = Field(default=None, description=(
+        "The batch this job is an item of (`batches/<batch_id>/manifest.json`), its line there and its queue lane."))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from schemas.batch_ref import BatchRef
 from schemas.errors import ErrorInfo
 
 
@@ -22,6 +23,7 @@ class WebhookJobData(BaseModel):
         "Expiring presigned download links for `outputs` (S3 buckets only; VIDEOSTUDIO_URL_EXPIRES_S)."))
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    batch: BatchRef | None = Field(default=None, description="The batch (and line) when the job is a batch item.")
 
 
 class WebhookPayload(BaseModel):

@@ -70,5 +70,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip_quiet install -q -e ".[dev]"
   # 5. facenet-pytorch without its metadata's pins on old torch and numpy
   pip_quiet install -q --no-deps "facenet-pytorch==2.6.0"
+  # 6. mediapipe's selfie segmentation (the compose stage; its tflite model is in the wheel) without its pins:
+  #    protobuf<5 (modal and onnxruntime need newer), jax and a second OpenCV. Its runtime needs (numpy,
+  #    protobuf, attrs, opencv, matplotlib) are in pyproject.toml.
+  pip_quiet install -q --no-deps "mediapipe==0.10.14"
   echo "$want" > "$stamp"
 fi

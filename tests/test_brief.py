@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.batch import is_batch_key
 from schemas.brief import MAX_BRIEF_BYTES, MAX_PROMPT_CHARS, RenderBrief, TrainBrief, brief_json_schema, parse_brief
 from schemas.errors import VideostudioError
 
@@ -88,8 +89,14 @@ def test_example_briefs_parse() -> None:
     examples = sorted((REPO / "examples").glob("*.yaml"))
     assert examples, "the repo ships example briefs"
     for path in examples:
+        if is_batch_key(path.name):  # a batch of briefs (README "Batches"): every item must be valid
+            from functions.batch_file import parse_batch_file
+
+            plan = parse_batch_file(path.read_bytes(), path.name)
+            assert plan.entries and all(e.error is None for e in plan.entries), (path, plan.entries)
+            continue
         brief = parse_brief(path.read_bytes(), path.name)
-        assert brief.kind in ("render", "train"), path
+        assert brief.kind in ("render", "train", "compose"), path
 
 
 def test_brief_json_schema_has_both_kinds() -> None:

@@ -437,7 +437,7 @@ def test_the_web_endpoint_takes_bucket_notifications_and_spawns_the_first_stage(
         [submitted] = response.json()["submitted"]
         assert submitted["key"] == "inbox/from event.yaml" and submitted["created"]
         assert recorder.calls == [("run_prepare", ({"job_id": submitted["job_id"], "action": "stage",
-                                                    "stage": "prepare", "webhook_id": None}, 1))]
+                                                    "stage": "prepare", "webhook_id": None, "lane": None}, 1))]
         jobs = client.get("/jobs", headers={"Authorization": "Bearer api-token"}).json()
         assert [j["job_id"] for j in jobs] == [submitted["job_id"]]
 

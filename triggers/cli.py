@@ -32,10 +32,12 @@ from core.jobs import manifest_key
 from core.runner import INBOX, Runner
 from core.settings import DEFAULT_BUCKET, Settings
 from core.storage import LocalStorage, ObjectInfo
+from schemas.batch import is_batch_key
 from schemas.brief import brief_json_schema, parse_brief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest, JobStatus
+from triggers import cli_batches
 from triggers.reconciler import InboxScanner, reconcile_forever, run_once
 from triggers.watcher import watch_inbox
 from triggers.wiring import open_runner
@@ -89,6 +91,9 @@ def _print_event(event: str, data: dict[str, Any]) -> None:
         console.print(f"{stamp}   {data['job_id']} webhook → {data['status_code'] or 'no response'}")
     elif event == "reconciled":
         console.print(f"{stamp} [yellow]re-queued[/yellow] {', '.join(data['requeued'])}")
+    elif event in ("batch.created", "batch.completed", "batch.failed"):
+        console.print(f"{stamp} [cyan]{event}[/cyan] {data['batch_id']} "
+                      f"{', '.join(f'{k} {v}' for k, v in data.items() if k not in ('batch_id', 'error', 'source'))}")
 
 
 def _worker_process(bucket: str, stop_event: Any) -> None:
@@ -186,11 +191,12 @@ def _http_thread(runner: Runner, host: str, port: int, stop: threading.Event) ->
 @app.command()
 def submit(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
            bucket: BucketOpt = DEFAULT_BUCKET) -> None:
-    """Copy FILE into inbox/ and queue its job."""
+    """Copy FILE into inbox/ and queue its job (a `*.batch.yaml|.jsonl|.csv`: its batch, a job per item)."""
     runner = _runner(bucket)
     job_id, created = _submit_file(runner, file)
-    console.print(f"{'queued' if created else 'already known'}: {job_id}")
-    console.print(f"manifest: {_manifest_path(runner, job_id)}")
+    batch = is_batch_key(file.name)
+    console.print(f"{'queued' if created else 'already known'}: {'batch ' if batch else ''}{job_id}")
+    console.print(f"manifest: {cli_batches.manifest_path(runner, job_id) if batch else _manifest_path(runner, job_id)}")
 
 
 def _submit_file(runner: Runner, file: Path) -> tuple[str, bool]:
@@ -222,8 +228,12 @@ def _manifest_path(runner: Runner, job_id: str) -> str:
 def run(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
         bucket: BucketOpt = DEFAULT_BUCKET,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Submit FILE and process its job here to completion. Exit 0 only if it succeeded."""
+    """Submit FILE and process its job here to completion. Exit 0 only if it succeeded.
+    A batch file: its items, with one progress bar; exit 0 only if every item succeeded."""
     _setup_logging(verbose)
+    if is_batch_key(file.name):
+        batch = cli_batches.run_batch(lambda **kw: _runner(bucket, **kw), _submit_file, file, _fail)
+        raise typer.Exit(0 if batch.counts.succeeded == batch.counts.total and batch.counts.total else 1)
     with _progress_runner(bucket) as (runner, progress):
         job_id, created = _submit_file(runner, file)
         progress.console.print(f"job {job_id} ({'new' if created else 'existing'})")
@@ -686,6 +696,9 @@ def avatars_delete(avatar_id: str, bucket: BucketOpt = DEFAULT_BUCKET,
 from triggers.plan import plan_command  # noqa: E402  (videostudio plan: the VRAM planner)
 
 app.command("plan")(plan_command)
+
+
+app.add_typer(cli_batches.register(_runner, _fail), name="batch")
 
 
 def main() -> None:

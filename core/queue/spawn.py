@@ -40,6 +40,15 @@ the message, the choice saying where it runs best.
 before the next function starts reading. Inside `with queue.hold():` dispatches are
 kept and sent when the block exits without an exception (after the caller's commit).
 
+Lanes (batches): the message's `lane` travels in its payload, so a function hands it on to every
+message it sends and the reconciler re-derives it from the job manifest, as locally. But a spawn
+is pushed at once, so there is no queue here to interleave lanes: each spawned call waits in
+Modal's own input queue for its function (first come, first served), and a 1,000-item batch
+spawns its 1,000 prepares when it is expanded. A brief dropped after it starts once Modal has a
+container free for it: at once while the function can scale out (`max_containers` above the
+batch's concurrency), behind the batch's calls when the function is at its cap. Fairness on Modal
+therefore comes from capacity, not ordering; the SQLite queue (`videostudio up`) orders by lane.
+
 `modal` is imported only inside methods that talk to Modal, never at import time.
 """
 
@@ -123,12 +132,12 @@ class SpawnQueue(WorkQueue):
         return self._routed(message) or self._default_function(message)
 
     def _routed(self, message: TaskMessage) -> str | None:
-        if message.action == "webhook" or self._route is None:
+        if message.action != "stage" or self._route is None:
             return None
         return self._route(message)
 
     def _default_function(self, message: TaskMessage) -> str:
-        if message.action == "webhook":
+        if message.action in ("webhook", "batch_webhook"):  # a batch's webhook is delivered like a job's
             return self.webhook_function
         try:
             return self.stage_functions[message.stage or ""]

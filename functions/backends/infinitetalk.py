@@ -70,6 +70,8 @@ from functions.models.infinitetalk_loading import (
     load_models,
     resolve_quantization,
 )
+from functions.encoder_cache import EncoderCache
+from functions.model_identity import source_identity
 from functions.models.wav2lip_audio import load_wav, melspectrogram
 from functions.reference_footage import reference_segment
 from functions.wav2lip_avatar import EXPERT_FILE
@@ -273,6 +275,21 @@ class InfiniteTalkBackend(AvatarBackend):
         return ctx.put_output_file(LORA_FILE, folder / LORA_FILE, content_type="application/octet-stream")
 
     # -------------------------------------------------------------------------------- render
+    def cache_identity(self, ctx: StageContext, *, plan: Plan) -> dict[str, Any] | None:
+        """The base weights it renders on (transformer, audio weights, VAE/UMT5/CLIP, wav2vec2) and the
+        quantization method the render resolves to."""
+        avatar = AvatarManifest.model_validate_json(ctx.storage.get_bytes(plan.avatar_key))
+        if "options" not in avatar.assets:
+            return None
+        options = InfiniteTalkOptions.model_validate_json(ctx.storage.get_bytes(avatar.assets["options"]))
+        sources = {name: source_identity(getattr(options, name))
+                   for name in ("base_model", "weights", "components", "audio_encoder")}
+        if options.base_model == "tiny":  # tiny builds every part in code; the others are not read
+            sources = {"base_model": source_identity("tiny")}
+        if any(identity is None for identity in sources.values()):
+            return None
+        return {"backend": self.name, "sources": sources}
+
     def render(self, ctx: StageContext, *, plan: Plan) -> StageResult:
         if not isinstance(plan, TalkingPlan):
             raise VideostudioError("missing_speech", f"backend {self.name} renders speech: the plan has none")
@@ -307,10 +324,12 @@ class InfiniteTalkBackend(AvatarBackend):
             ctx.progress(0.05 + 0.85 * done / total, f"chunk {chunk + 1} of {len(chunks)}", step=done, total=total)
 
         ctx.progress(0.0, f"loading {options.base_model}")
+        encoders = EncoderCache(ctx.storage, ctx.settings)
         if ranks == 1:
             result = render_speech(job, on_frame=lambda index, frame: lip_sync.add(frame),
                                    on_step=lambda chunk, step, steps: report(chunk.index * steps + step,
-                                                                             len(chunks) * steps, chunk.index))
+                                                                             len(chunks) * steps, chunk.index),
+                                   encoders=encoders)
         else:
             result = render_speech_distributed(job, ranks, on_progress=report)
             for frame in read_video_frames(Path(job.output)):  # rank 0 wrote them in its own process
@@ -327,7 +346,7 @@ class InfiniteTalkBackend(AvatarBackend):
             "steps": options.steps, "width": width, "height": height, "mode": options.mode, "device": device,
             "render_s": round(render_s, 3), "s_per_chunk": round(render_s / len(chunks), 3),
             "realtime_factor": round(plan.duration_s / render_s, 4) if render_s else None,
-            "random_weights": result.random_weights, "ranks": ranks,
+            "random_weights": result.random_weights, "ranks": ranks, "encoder_cache": encoders.stats.summary(),
             "quantization": {**(result.quantization or {"method": quantization.method}), "reason": quantization.reason},
         }
         ctx.progress(0.95, "scoring the lip sync")

@@ -14,7 +14,7 @@ Errors are always JSON `{code, message}` with a stable snake_case `code`.
     serve(settings, host="127.0.0.1", port=8000)
 
 This package: `create_app` and `serve` here; one router a resource (`health`, `info`, `briefs`, `speech`
-(POST /briefs/speech), `train`, `events`, `jobs`, `avatars`); `auth`, `errors`, `params`, `bodies`,
+(POST /briefs/speech), `train`, `events`, `jobs`, `batches`, `avatars`); `auth`, `errors`, `params`, `bodies`,
 `uploads` and `openapi` for what the routes share; the web studio's page and sign-in from `triggers.studio`; `service` for the work behind them. The app's shared state lives in
 `app.state` (`settings`, `runner`, `service`, `api_token`, `events_secret`).
 """
@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from core.runner import Runner
 from core.settings import Settings
 from schemas.errors import VideostudioError
-from triggers.api import avatars, briefs, events, health, info, jobs, speech, train
+from triggers.api import avatars, batches, briefs, events, health, info, jobs, speech, train
 from triggers.api.auth import PUBLIC_PATHS, configured_token
 from triggers.api.bodies import MAX_EVENTS_BYTES, MAX_JSON_BYTES, read_body
 from triggers.api.errors import HttpError, install_error_handlers, log, status_for
@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, runner: Runner | None = None, allow_no_aut
         # each router as one nested entry), so that `app.routes` lists every operation. Their order is the
         # order of the OpenAPI document; each router carries its own auth (see `auth`). The routes hold no
         # state of an app (handlers find it in `app.state`), so every app can share them.
-        routes=[route for module in (health, info, briefs, speech, train, events, jobs, avatars)
+        routes=[route for module in (health, info, briefs, speech, train, events, jobs, batches, avatars)
                 for route in module.router.routes] + studio_routes(),
     )
     app.state.settings = settings

@@ -1,4 +1,5 @@
-"""The OpenAPI document: FastAPI's, plus the schemas of the bodies that routes read raw (briefs, train requests)."""
+"""The OpenAPI document: FastAPI's, plus the schemas of the bodies that routes read raw (briefs, train requests,
+batches)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from schemas.api import TrainRequest
+from schemas.batch import BatchCreate
 from schemas.brief import Brief
 
 
@@ -35,4 +37,7 @@ def _brief_components() -> dict[str, Any]:
     train = TrainRequest.model_json_schema(ref_template=ref)
     components.update(train.pop("$defs", {}))
     components["TrainRequest"] = train
+    batch = BatchCreate.model_json_schema(ref_template=ref)
+    components.update(batch.pop("$defs", {}))
+    components["BatchCreate"] = batch
     return components

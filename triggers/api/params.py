@@ -53,6 +53,8 @@ def sanitise_name(name: str) -> str:
     stem = UNSAFE_NAME_CHARS.sub("-", stem).strip("._-")[:128]
     if not stem or not PATH_ID.fullmatch(stem):
         raise HttpError(400, "invalid_name", f"name {short(name)} has no usable characters")
+    if stem.lower().endswith(".batch"):  # `<stem>.batch.yaml` in inbox/ is read as a batch, not as one brief
+        raise HttpError(400, "invalid_name", f"name {short(name)} ends in .batch: post batches to POST /batches")
     return stem
 
 

@@ -16,7 +16,8 @@ from core.runner import INBOX, Runner
 from core.storage import PreconditionFailed, Storage, validate_key
 from functions.backends import get_backend
 from schemas.api import JobSummary, SubmittedJob
-from schemas.brief import RenderBrief, TrainBrief
+from schemas.background import background_keys
+from schemas.brief import ComposeBrief, RenderBrief, TrainBrief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest, JobStatus
@@ -36,9 +37,12 @@ class JobsService:
         self.live = LiveManifests(runner.store)
 
     # -- inputs
-    def check_brief_refs(self, brief: RenderBrief | TrainBrief) -> None:
+    def check_brief_refs(self, brief: RenderBrief | TrainBrief | ComposeBrief) -> None:
         """Catch what prepare would fail on at once, while the client is still here."""
-        if isinstance(brief, TrainBrief):
+        self.check_background_keys(brief)
+        if isinstance(brief, ComposeBrief):
+            self.check_video_key(brief.video)
+        elif isinstance(brief, TrainBrief):
             if brief.video is None:
                 raise HttpError(422, "missing_video", "a train brief needs `video:` (a bucket key outside inbox/)")
             self.check_video_key(brief.video)
@@ -50,6 +54,12 @@ class JobsService:
             self.check_render_avatar(brief)
             if brief.audio is not None:
                 self.check_audio_key(brief.audio)
+
+    def check_background_keys(self, brief: RenderBrief | TrainBrief | ComposeBrief) -> None:
+        """A background image or clip the brief names is in the bucket (prepare also checks that it decodes)."""
+        for key in background_keys(getattr(brief, "background", None)):
+            if self.storage.stat(key) is None:
+                raise HttpError(422, "background_not_found", f"the background {key!r} is not in the bucket")
 
     def check_render_avatar(self, brief: RenderBrief) -> None:
         """The avatar a render brief names is deployed, and speaks if (and only if) the brief gives it speech."""

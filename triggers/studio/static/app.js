@@ -2,6 +2,7 @@
 import { api, ApiError, signOut } from "./api.js";
 import { fail, main, show, showNav } from "./dom.js";
 import { avatarsPage } from "./pages/avatars.js";
+import { batchPage, batchesPage } from "./pages/batches.js";
 import { createPage } from "./pages/create.js";
 import { editorPage } from "./pages/editor.js";
 import { jobPage } from "./pages/job.js";
@@ -13,6 +14,7 @@ let cleanup = () => {};
 
 const PAGES = {
   jobs: (parts) => (parts[1] ? jobPage(decodeURIComponent(parts[1]), { play: /\?play$/.test(location.hash) }) : jobsPage()),
+  batches: (parts) => (parts[1] ? batchPage(decodeURIComponent(parts[1])) : batchesPage()),
   avatars: () => avatarsPage(),
   "new-avatar": () => newAvatarPage(),
   new: () => createPage(),
