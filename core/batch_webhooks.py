@@ -14,9 +14,10 @@ from core.queue import Lease, WorkQueue
 from core.run_events import Emitter
 from core.settings import Settings
 from core.storage import Storage
+from core.webhook_queue import record_attempt, retry_delay
 from schemas.batch import BatchFailedItem, BatchManifest, BatchWebhookData, BatchWebhookPayload
 from schemas.events import TaskMessage
-from schemas.manifest import JobStatus, WebhookAttempt, WebhookDelivery, utcnow
+from schemas.manifest import JobStatus, WebhookDelivery, utcnow
 
 COMPLETED = "batch.completed"
 
@@ -62,25 +63,8 @@ class BatchWebhooks:
         secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
         outcome = webhooks.post_once(str(manifest.webhook.url), body, webhooks.signed_headers(secret, msg_id, body),
                                      timeout_s=self.settings.webhook_timeout_s)
-        attempt_no = len(delivery.attempts) + 1
-        delay = None
-        if outcome.retryable and attempt_no < self.settings.webhook_max_attempts:
-            delay = webhooks.next_delay(attempt_no, base_s=self.settings.webhook_backoff_base_s,
-                                        cap_s=self.settings.webhook_backoff_cap_s, retry_after_s=outcome.retry_after_s)
-
-        def record(m: BatchManifest) -> None:
-            d = next(d for d in m.webhooks if d.webhook_id == msg_id)
-            d.attempts.append(WebhookAttempt(attempt=len(d.attempts) + 1, at=utcnow(), status_code=outcome.status_code,
-                                             error=outcome.error, duration_ms=round(outcome.duration_ms, 1),
-                                             next_retry_s=None if delay is None else round(delay, 3)))
-            if outcome.delivered:
-                d.status = "delivered"
-            elif outcome.disables_endpoint:
-                d.status = "disabled"
-            elif delay is None:
-                d.status = "failed"
-
-        self.store.update(batch_id, record)
+        delay = retry_delay(self.settings, outcome, attempt_no=len(delivery.attempts) + 1)
+        self.store.update(batch_id, lambda m: record_attempt(m, msg_id, outcome, delay=delay))
         self.emit("webhook.attempt", job_id=batch_id, batch_id=batch_id, webhook_id=msg_id, status_code=outcome.status_code,
                   delivered=outcome.delivered)
         if delay is not None:

@@ -26,6 +26,12 @@ from schemas.webhook import WebhookJobData, WebhookPayload
 log = logging.getLogger("videostudio.runner")
 
 
+class HasDeliveries(Protocol):
+    """A manifest that records webhook deliveries: a job's (JobManifest) or a batch's (BatchManifest)."""
+
+    webhooks: list[WebhookDelivery]
+
+
 class QueueWebhookEvent(Protocol):
     """How the runner's parts ask for a webhook event: `queue_webhook(manifest, "stage.succeeded", stage=…)`."""
 
@@ -112,8 +118,8 @@ class WebhookQueue:
         secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
         outcome = webhooks.post_once(url, body, webhooks.signed_headers(secret, msg_id, body),
                                      timeout_s=self.settings.webhook_timeout_s)
-        delay = self._retry_delay(outcome, attempt_no=len(delivery.attempts) + 1)
-        self.store.update(job_id, lambda m: _record_attempt(m, msg_id, outcome, delay=delay))
+        delay = retry_delay(self.settings, outcome, attempt_no=len(delivery.attempts) + 1)
+        self.store.update(job_id, lambda m: record_attempt(m, msg_id, outcome, delay=delay))
         self.emit("webhook.attempt", job_id=job_id, webhook_id=msg_id, status_code=outcome.status_code,
                   delivered=outcome.delivered)
         if delay is not None:
@@ -121,16 +127,19 @@ class WebhookQueue:
         else:
             self.queue.ack(lease)
 
-    def _retry_delay(self, outcome: webhooks.AttemptOutcome, *, attempt_no: int) -> float | None:
-        """How long until the next attempt; None when there is none (delivered, final, or out of attempts)."""
-        if not (outcome.retryable and attempt_no < self.settings.webhook_max_attempts):
-            return None
-        return webhooks.next_delay(attempt_no, base_s=self.settings.webhook_backoff_base_s,
-                                   cap_s=self.settings.webhook_backoff_cap_s, retry_after_s=outcome.retry_after_s)
 
 
-def _record_attempt(manifest: JobManifest, msg_id: str, outcome: webhooks.AttemptOutcome, *,
-                    delay: float | None) -> None:
+def retry_delay(settings: Settings, outcome: webhooks.AttemptOutcome, *, attempt_no: int) -> float | None:
+    """How long until the next attempt; None when there is none (delivered, final, or out of attempts)."""
+    if not (outcome.retryable and attempt_no < settings.webhook_max_attempts):
+        return None
+    return webhooks.next_delay(attempt_no, base_s=settings.webhook_backoff_base_s,
+                               cap_s=settings.webhook_backoff_cap_s, retry_after_s=outcome.retry_after_s)
+
+
+def record_attempt(manifest: HasDeliveries, msg_id: str, outcome: webhooks.AttemptOutcome, *,
+                   delay: float | None) -> None:
+    """Append one attempt to the delivery `msg_id` of a job's or a batch's manifest, and settle its status."""
     d = next(d for d in manifest.webhooks if d.webhook_id == msg_id)
     d.attempts.append(WebhookAttempt(attempt=len(d.attempts) + 1, at=utcnow(), status_code=outcome.status_code,
                                      error=outcome.error, duration_ms=round(outcome.duration_ms, 1),

@@ -18,6 +18,22 @@ from functions.routes import default_pipeline
 from schemas.events import StorageEvent
 from schemas.manifest import JobManifest
 
+# The smallest wav2lip avatar worth rendering with: avatar `ann` from uploads/ann.mp4, width 1/8, two steps.
+TINY_WAV2LIP_TRAIN = """\
+kind: train
+avatar: ann
+video: uploads/ann.mp4
+backend: wav2lip
+epochs: 1
+batch_size: 8
+max_steps: 2
+checkpoint_every: 2
+mixed_precision: "no"
+seed: 3
+wav2lip:
+  width: 0.125
+"""
+
 
 def make_runner(bucket: Path, uploads: dict[str, Path] | None = None, **settings) -> Runner:
     """A runner on a folder bucket with `uploads` (bucket key → local file) copied in; progress unthrottled."""

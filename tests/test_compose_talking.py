@@ -8,33 +8,18 @@ import numpy as np
 import pytest
 
 from functions.faces import NaiveDetector
-from pipeline_jobs import drain, make_runner, submit
+from pipeline_jobs import TINY_WAV2LIP_TRAIN, drain, make_runner, submit
 from tests.real_media import looped_talking_video
 from tests.test_compose import audio_md5, decode, far_from_person
 
 pytestmark = pytest.mark.slow
 
-TRAIN = """\
-kind: train
-avatar: ann
-video: uploads/ann.mp4
-backend: wav2lip
-epochs: 1
-batch_size: 8
-max_steps: 2
-checkpoint_every: 2
-mixed_precision: "no"
-deploy: true
-seed: 3
-wav2lip:
-  width: 0.125
-"""
 
 
 def test_a_wav2lip_render_with_a_background_is_composed_with_its_speech_untouched(tmp_path):
     video = looped_talking_video(tmp_path / "ann.mp4", seconds=32, side=360)
     runner = make_runner(tmp_path / "bucket", {"uploads/ann.mp4": video})
-    trained = drain(runner, submit(runner, "ann.yaml", TRAIN))
+    trained = drain(runner, submit(runner, "ann.yaml", TINY_WAV2LIP_TRAIN))
     assert trained.status.value == "succeeded", trained.error
     job = drain(runner, submit(runner, "hello.yaml", 'avatar: ann\nscript: "Good morning, from a blue room."\n'
                                'background: {color: "#0b5fff"}\n'))

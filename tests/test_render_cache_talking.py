@@ -11,25 +11,11 @@ from core.avatars import AvatarRegistry, deploy_from_job
 from functions.encoder_cache import MEMORY
 from tests import pipeline_jobs
 from tests.infinitetalk_jobs import tiny_train_brief
-from tests.pipeline_jobs import drain, run_job, submit
+from tests.pipeline_jobs import TINY_WAV2LIP_TRAIN, drain, run_job, submit
 from tests.real_media import looped_talking_video
 
 pytestmark = pytest.mark.slow
 
-WAV2LIP_TRAIN = """\
-kind: train
-avatar: ann
-video: uploads/ann.mp4
-backend: wav2lip
-epochs: 1
-batch_size: 8
-max_steps: 2
-checkpoint_every: 2
-mixed_precision: "no"
-seed: 3
-wav2lip:
-  width: 0.125
-"""
 SCRIPT = "avatar: {avatar}\nscript: Hello there, this line is rendered once.\nseed: {seed}\n"
 
 
@@ -64,7 +50,7 @@ def check_talking_cache(runner, train_job, avatar: str) -> list:
 
 
 def test_wav2lip_renders_are_cached_by_speech_and_avatar(tmp_path_factory):
-    runner, train_job = trained_runner(tmp_path_factory, WAV2LIP_TRAIN, side=360)
+    runner, train_job = trained_runner(tmp_path_factory, TINY_WAV2LIP_TRAIN, side=360)
     check_talking_cache(runner, train_job, "ann")
 
 
