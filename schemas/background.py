@@ -125,6 +125,14 @@ class MatteBackground(MaskOptions):
     matte: Literal[True] = Field(description="true: the person over transparency.")
     format: str = Field(default="webm", description="webm (VP9 with alpha) or mov (ProRes 4444 with alpha).")
 
+    @field_validator("matte", mode="before")
+    @classmethod
+    def _form_true(cls, value: Any) -> Any:
+        # A multipart form field arrives as text (`background.matte=true`): read it as a boolean field would be.
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        return value
+
     @field_validator("format")
     @classmethod
     def _known(cls, value: str) -> str:

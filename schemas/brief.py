@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from schemas.cache import CacheOptions
-from schemas.background import BACKGROUND_CODES, Background, background_keys
+from schemas.background import BACKGROUND_CODES, BACKGROUND_KINDS, Background, background_keys
 from schemas.defaults import DEFAULT_FPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from schemas.errors import VideostudioError
 
@@ -410,15 +410,29 @@ def _code_for(error: dict[str, Any]) -> str:
     return "invalid_field_value"
 
 
+def _document_loc(loc: tuple[Any, ...]) -> list[str]:
+    """An error's place in the brief as written: without the tags pydantic adds for a tagged union (the brief's
+    kind, a background's shape: `background.color.color` is the brief's `background.color`)."""
+    path: list[str] = []
+    tagged = False  # the part after `background` is the shape's tag, once
+    for part in loc:
+        if part in ("render", "train") or (path == [] and part == "compose"):
+            continue
+        if path == ["background"] and part in BACKGROUND_KINDS and not tagged:
+            tagged = True
+            continue
+        path.append(str(part))
+    return path
+
+
 def validation_error_to_videostudio(exc: ValidationError) -> VideostudioError:
     errors = exc.errors(include_url=False)
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err["loc"] if p not in ("render", "train", "compose")) or "brief"
+        where = ".".join(_document_loc(err["loc"])) or "brief"
         parts.append(f"{where}: {err['msg']}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    details = [{"loc": [str(p) for p in err["loc"] if p not in ("render", "train")], "msg": err["msg"],
-                "type": err["type"]} for err in errors]
+    details = [{"loc": _document_loc(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in errors]
     return VideostudioError(_code_for(errors[0]), "; ".join(parts) + more, details=details)
 
 

@@ -86,3 +86,77 @@ def test_the_live_jobs_list_reads_a_manifest_again_only_when_it_changed(runner):
     shared.manifests()
     runner.store.update(job_id, lambda m: m.warnings.append("again"))
     assert {m.job_id: m for m in shared.manifests()}[job_id].warnings == ["changed"]  # within its interval
+
+
+def test_a_recording_upload_takes_a_background_as_dotted_fields(tmp_path):
+    """POST /briefs/speech (the studio's Create video with a recording): `background.color`, `background.blur`, …
+    become the brief's `background:` exactly as schemas/background.py has it, and its job composes after rendering.
+    A background the bucket does not hold, or a bad value, is refused on its field before anything is kept."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from core.avatars import AvatarRegistry
+    from real_media import media_file
+    from schemas.avatar import AvatarManifest
+    from schemas.brief import RenderBrief
+    from triggers.api import create_app
+
+    take = media_file("speech-en.wav").read_bytes()
+    runner = make_runner(tmp_path / "bucket")
+    weights = "jobs/train-ann-0000000000000000/train/wav2lip.pth"  # a deployed talking avatar: only its record is read
+    runner.storage.put_bytes(weights, b"weights")
+    AvatarRegistry(runner.storage).deploy(AvatarManifest(
+        avatar_id="ann", job_id="train-ann-0000000000000000", backend="wav2lip", base_model="wav2lip", talks=True,
+        weights_key=weights), weights)
+    with TestClient(create_app(runner.settings, runner=runner)) as test_client:
+        def post(fields: dict[str, str]):
+            return test_client.post("/briefs/speech", headers=AUTH, data={"avatar": "ann", **fields},
+                                    files={"audio": ("take.wav", take, "audio/wav")})
+
+        refused = [
+            ({"background.image": "uploads/none.png"}, "background_not_found", ["background", "image"]),
+            ({"background.video": "uploads/none.mp4"}, "background_not_found", ["background", "video"]),
+            ({"background.color": "#zzz"}, "invalid_color", ["background", "color"]),
+            ({"background.blur": "0"}, "invalid_field_value", ["background", "blur"]),
+            ({"background.matte": "false"}, "invalid_field_value", ["background", "matte"]),
+            ({"background.matte": "true", "background.format": "gif"}, "unsupported_matte_format",
+             ["background", "format"]),
+            ({"background.color": "white", "background.blur": "3"}, "invalid_background", ["background"]),
+        ]
+        for fields, code, loc in refused:
+            response = post(fields)
+            assert (response.status_code, response.json()["code"]) == (422, code), (fields, response.text)
+            assert response.json()["details"][0]["loc"] == loc, (fields, response.json())
+        assert runner.storage.list_keys("uploads/") == [] and runner.storage.list_keys("inbox/") == []
+        assert list(runner.store.all()) == []
+        # POST /briefs answers the same places, for a compose brief too (the kind's tag is no part of them).
+        for text, loc in ((b"prompt: a cat\nbackground: {image: uploads/none.png}\n", ["background", "image"]),
+                          (b"kind: compose\nvideo: uploads/a.mp4\nbackground: {color: '#zzz'}\n",
+                           ["background", "color"])):
+            answer = test_client.post("/briefs", headers=YAML, content=text).json()
+            assert answer["details"][0]["loc"] == loc, answer
+
+        png = io.BytesIO()
+        Image.new("RGB", (32, 18), (11, 95, 255)).save(png, format="PNG")
+        runner.storage.put_bytes("uploads/backdrops/office.png", png.getvalue())
+        accepted = [
+            ({"background.color": "#0B5FFF"}, {"color": "#0b5fff"}),
+            ({"background.blur": "12", "background.feather": "3"}, {"blur": 12.0, "feather": 3.0}),
+            ({"background.image": "uploads/backdrops/office.png", "background.fit": "contain"},
+             {"image": "uploads/backdrops/office.png", "fit": "contain"}),
+            ({"background.matte": "true", "background.format": "mov"}, {"matte": True, "format": "mov"}),
+        ]
+        for fields, background in accepted:
+            response = post(fields)
+            assert response.status_code == 201, (fields, response.text)
+            written = yaml.safe_load(runner.storage.get_bytes(response.json()["brief_key"]))
+            assert written["background"] == background and written["audio"].startswith("uploads/ann/speech/")
+            job_id = response.json()["job_id"]
+            assert list(runner.store.load(job_id).stages) == ["prepare", "render", "compose"]
+            assert runner.work_once(job_id=job_id)  # prepare: the brief becomes the job's request
+            job = runner.store.load(job_id)
+            assert job.stages["prepare"].status.value == "succeeded", job.error
+            assert isinstance(job.request, RenderBrief)
+            assert job.request.background == type(job.request.background).model_validate(background)

@@ -16,7 +16,7 @@ from core.runner import INBOX, Runner
 from core.storage import PreconditionFailed, Storage, validate_key
 from functions.backends import get_backend
 from schemas.api import JobSummary, SubmittedJob
-from schemas.background import background_keys
+from schemas.background import ImageBackground, background_keys
 from schemas.brief import ComposeBrief, RenderBrief, TrainBrief
 from schemas.errors import VideostudioError
 from schemas.events import StorageEvent
@@ -57,9 +57,13 @@ class JobsService:
 
     def check_background_keys(self, brief: RenderBrief | TrainBrief | ComposeBrief) -> None:
         """A background image or clip the brief names is in the bucket (prepare also checks that it decodes)."""
-        for key in background_keys(getattr(brief, "background", None)):
+        background = getattr(brief, "background", None)
+        for key in background_keys(background):
             if self.storage.stat(key) is None:
-                raise HttpError(422, "background_not_found", f"the background {key!r} is not in the bucket")
+                message = f"the background {key!r} is not in the bucket"
+                shape = "image" if isinstance(background, ImageBackground) else "video"
+                raise HttpError(422, "background_not_found", message, details=[
+                    {"loc": ["background", shape], "msg": message, "type": "background_not_found"}])
 
     def check_render_avatar(self, brief: RenderBrief) -> None:
         """The avatar a render brief names is deployed, and speaks if (and only if) the brief gives it speech."""

@@ -45,7 +45,8 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
         "webhook": {"type": "string", "description": 'JSON, e.g. {"url": "https://…"}'},
     },
     "additionalProperties": {"type": "string",
-                             "description": "Any other render-brief field (model, fps, avatar_strength, …)"},
+                             "description": "Any other render-brief field (model, fps, avatar_strength, …); a "
+                                            "dotted name sets a nested one (background.color, background.blur, …)"},
 }
 
 
@@ -86,6 +87,7 @@ async def _brief_from_upload(request: Request, service: JobsService) -> RenderBr
         assert avatar is not None  # a brief with audio: has an avatar, or it was refused with missing_avatar
         brief = _render_brief({**document, AUDIO_FIELD: speech_upload_key(avatar, filename, form.sha256)})
         await run_in_threadpool(service.check_render_avatar, brief)
+        await run_in_threadpool(service.check_background_keys, brief)  # `background.image=…`: it is in the bucket
         assert brief.audio is not None
         await run_in_threadpool(service.store_upload, brief.audio, form)
         return brief

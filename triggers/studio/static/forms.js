@@ -13,6 +13,7 @@ export class BriefForm {
     this.summary = summary;  // an element (role=alert) for errors no field owns
     this.controls = [];  // {path, control, type}: a path may have one control per part of a form (the hidden are skipped)
     this.touched = new Set();  // paths the user has changed: only their errors show while typing
+    this.shapes = [];  // {path, schemaOf}: fields checked against the schema of the shape chosen (see shape())
   }
 
   bind(path, control, type = "text") {
@@ -44,10 +45,32 @@ export class BriefForm {
   // The fields the page adds itself (kind, the upload's key), part of every check.
   base(fields) { this.fixed = fields; return this; }
 
+  // A field that is one of several shapes (a oneOf, like `background`): `schemaOf(value)` names the component
+  // schema of the shape it has now, and that part is checked against it alone, so its errors are that shape's own
+  // (not every other shape's "required" and "not a field").
+  shape(path, schemaOf) { this.shapes.push({ path, schemaOf }); return this; }
+
+  // Field errors of `doc` as [{path, message}].
+  errors(doc) {
+    const whole = structuredClone(doc);
+    const found = [];
+    for (const { path, schemaOf } of this.shapes) {
+      const parts = path.split(".");
+      const parent = parts.slice(0, -1).reduce((o, p) => o?.[p], whole);
+      const value = parent?.[parts.at(-1)];
+      const name = value === undefined ? null : schemaOf(value);
+      if (!name) continue;
+      delete parent[parts.at(-1)];
+      found.push(...schemaErrors(validatorFor(this.schemas, name), value)
+        .map((e) => ({ ...e, path: e.path ? `${path}.${e.path}` : path })));
+    }
+    return [...schemaErrors(this.validator, whole), ...found];
+  }
+
   // Check the brief against the schema and mark what is wrong (`all`: on submit, every field and the summary;
   // else the fields the user touched); true when nothing is wrong.
   check({ all = false } = {}) {
-    const errors = schemaErrors(this.validator, this.document(this.fixed ?? {}));
+    const errors = this.errors(this.document(this.fixed ?? {}));
     this.mark(all ? errors : errors.filter((e) => this.touched.has(e.path)), { summary: all });
     return errors.length === 0;
   }

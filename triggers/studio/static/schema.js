@@ -30,6 +30,7 @@ function messageFor(error) {
   switch (error.keyword) {
     case "false": return "is not a field of this brief";
     case "pattern": return "has characters that are not allowed here";
+    case "exclusiveMinimum": return error.error.replace(/^(.*) is less than (.*)\.$/, "must be more than $2");
     case "required": return error.error.replace(/^Instance does not have required property "(.*)"\.$/, "$1 is required");
     default: return error.error.replace(/^Instance /, "").replace(/\.$/, "");
   }
@@ -54,9 +55,10 @@ export function schemaErrors(validator, document) {
   return found;
 }
 
-// The server's 422 `details` ({loc, msg}) as the same [{path, message}].
-export const serverErrors = (error) =>
-  (error?.details ?? []).map((d) => ({ path: (d.loc ?? []).join("."), message: d.msg }));
+// The server's 422 `details` ({loc, msg, type}) as the same [{path, message}]; a field's error that is the answer's
+// own code (background_not_found, invalid_color, …) says that code, as the summary does.
+export const serverErrors = (error) => (error?.details ?? []).map((d) => ({ path: (d.loc ?? []).join("."),
+  message: d.type && d.type === error.code ? `${d.type}: ${d.msg}` : d.msg }));
 
 // A property's schema without the `anyOf: [X, null]` pydantic writes for an optional field.
 export function plainSchema(schemas, property) {

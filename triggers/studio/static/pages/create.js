@@ -1,10 +1,22 @@
 // Create video: a Mochi video from a prompt, or a talking avatar speaking a typed script or an uploaded
-// recording. Fields are checked against the API's RenderBrief schema as you type; the job page plays the
-// result when it is done.
+// recording, either with a new background (the brief's `background:`, put in by the compose stage). Fields are
+// checked against the API's RenderBrief schema as you type; the job page plays the result when it is done.
 import { api, serverInfo, upload } from "../api.js";
 import { briefName, fail, field, fmtBytes, h, markField, markNav, progressBar, show } from "../dom.js";
-import { BriefForm, checkUpload } from "../forms.js";
+import { BriefForm, checkUpload, controlFor, helpFor } from "../forms.js";
 import { briefSchemas } from "../schema.js";
+
+// The background shapes of schemas/background.py, by the key that tells them apart, and their schemas' names.
+const SHAPES = { color: "ColorBackground", blur: "BlurBackground", image: "ImageBackground", video: "VideoBackground",
+  matte: "MatteBackground" };
+// '#0b5fff' or '#0bf' as an <input type=color> value ('#rrggbb'), or null.
+const fullHex = (text) => {
+  const m = /^#?([0-9a-f]{3}|[0-9a-f]{6})$/i.exec(text.trim());
+  return m ? `#${(m[1].length === 3 ? [...m[1]].map((c) => c + c).join("") : m[1]).toLowerCase()}` : null;
+};
+// A brief as multipart fields: a nested field by its dotted name (`background.color`), as POST /briefs/speech reads it.
+const formFields = (doc, prefix = "") => Object.entries(doc).flatMap(([k, v]) =>
+  v !== null && typeof v === "object" ? formFields(v, `${prefix}${k}.`) : [[`${prefix}${k}`, String(v)]]);
 
 export function createPage() {
   markNav("new");
@@ -74,22 +86,71 @@ export function createPage() {
     const talkingPart = h("div", { id: "talking-part", hidden: true },
       field("talking-avatar", "Avatar", talker, "Talking avatars (wav2lip) deployed on this server."), sources, scriptPart, audioPart);
 
+    // -- the background, for either mode
+    const shapeOf = (kind, name) => schemas[SHAPES[kind]].properties[name];
+    const backdropRadio = (value, label) => h("label", { class: "choice" },
+      h("input", { type: "radio", name: "background", value, checked: value === "" }), ` ${label}`);
+    const backdrops = h("fieldset", { class: "choices", id: "background", "aria-describedby": "background-help" },
+      h("legend", {}, "Background"),
+      backdropRadio("", "None"), backdropRadio("color", "Colour"), backdropRadio("blur", "Blur"),
+      backdropRadio("image", "Image"), backdropRadio("video", "Video"), backdropRadio("matte", "Matte (transparent)"),
+      h("p", { class: "muted help", id: "background-help" }, "What goes behind the person once the video is made: "
+        + "the job then has a compose stage (it needs a person in the picture)."));
+    const backdrop = () => backdrops.querySelector("input:checked").value;
+    const color = form.bind("background.color", h("input", { id: "background-color", name: "background.color",
+      value: "#00b140", autocomplete: "off", spellcheck: "false" }));
+    const picker = h("input", { id: "background-picker", type: "color", value: "#00b140" });
+    picker.addEventListener("input", () => { color.value = picker.value; color.dispatchEvent(new Event("input")); });
+    color.addEventListener("input", () => { const hex = fullHex(color.value); if (hex) picker.value = hex; });
+    const blur = controlFor(schemas, "background-blur", shapeOf("blur", "blur")).control;
+    blur.value = "12";
+    form.bind("background.blur", blur, "number");
+    const image = form.bind("background.image", h("input", { id: "background-image", name: "background.image",
+      autocomplete: "off", spellcheck: "false", placeholder: "uploads/backdrop.png" }));
+    const fit = controlFor(schemas, "background-fit", shapeOf("image", "fit")).control;
+    form.bind("background.fit", fit);
+    const clip = form.bind("background.video", h("input", { id: "background-video", name: "background.video",
+      autocomplete: "off", spellcheck: "false", placeholder: "uploads/backdrop.mp4" }));
+    const format = form.bind("background.format", h("select", { id: "background-format", name: "background.format" },
+      h("option", { value: "webm", selected: true }, "webm: VP9 with alpha"), h("option", { value: "mov" }, "mov: ProRes 4444 with alpha")));
+    const backdropParts = {
+      color: h("div", { id: "background-color-part", hidden: true }, h("div", { class: "row" },
+        field("background-picker", "Pick a colour", picker),
+        field("background-color", "Colour", color, helpFor(schemas, shapeOf("color", "color"))))),
+      blur: h("div", { id: "background-blur-part", hidden: true },
+        field("background-blur", "Blur radius", blur, helpFor(schemas, shapeOf("blur", "blur")))),
+      image: h("div", { id: "background-image-part", hidden: true }, h("div", { class: "row" },
+        field("background-image", "Image's bucket key", image, helpFor(schemas, shapeOf("image", "image"))),
+        field("background-fit", "Fit", fit, "cover fills the frame (cropped); contain fits inside it, on black."))),
+      video: h("div", { id: "background-video-part", hidden: true },
+        field("background-video", "Clip's bucket key", clip, helpFor(schemas, shapeOf("video", "video")))),
+      matte: h("div", { id: "background-matte-part", hidden: true },
+        field("background-format", "Format", format, "The person over transparency; the job also keeps the matte.")),
+    };
+    backdrops.append(...Object.values(backdropParts));
+    form.shape("background", () => SHAPES[backdrop()] ?? null);
+
     const seed = form.bind("seed", h("input", { id: "seed", name: "seed", type: "number", value: "42", min: "0", step: "1" }), "number");
     const bar = progressBar(0, "Upload progress", "upload-progress");
     const uploading = h("div", { id: "uploading", hidden: true }, bar);
     const submit = h("button", { type: "submit" }, "Create video");
     const node = h("form", { id: "create", class: "card", novalidate: true }, modes, promptPart, talkingPart,
-      field("seed", "Seed", seed), summary, uploading, submit);
+      backdrops, field("seed", "Seed", seed), summary, uploading, submit);
 
     const switchParts = () => {
       promptPart.hidden = mode() !== "prompt";
       talkingPart.hidden = mode() !== "talking";
       scriptPart.hidden = source() !== "script";
       audioPart.hidden = source() !== "audio";
+      const shape = backdrop();
+      for (const [kind, part] of Object.entries(backdropParts)) part.hidden = kind !== shape;
+      // A chosen shape is always there, so its missing key is marked; a matte is `matte: true` and its format.
+      form.base(shape ? { kind: "render", background: shape === "matte" ? { matte: true } : {} } : { kind: "render" });
       form.check();
     };
     modes.addEventListener("change", switchParts);
     sources.addEventListener("change", switchParts);
+    backdrops.addEventListener("change", (e) => { if (e.target.name === "background") switchParts(); });
 
     const checkAudio = () => checkUpload(audio, { suffixes: info.audio_suffixes, limit: info.max_upload_bytes,
       missing: "choose a recording" });
@@ -110,7 +171,7 @@ export function createPage() {
         let job;
         if (talking && source() === "audio") {
           const body = new FormData();
-          for (const [k, v] of Object.entries(brief)) if (k !== "kind") body.append(k, String(v));
+          for (const [k, v] of formFields(brief)) if (k !== "kind") body.append(k, v);
           body.append("audio", audio.files[0]);
           uploading.hidden = false;
           job = await upload("/briefs/speech", body, (loaded, all) => { bar.value = loaded / all; },

@@ -92,11 +92,14 @@ function trainChart(m, hidden) {
 function drawOutputs(m, box, play) {
   const url = (name) => `/jobs/${encodeURIComponent(m.job_id)}/outputs/${name}`;
   const items = [];
+  // A composed job's matte: the person's alpha as a gray video, offered beside the video.
+  const matte = m.outputs.matte ? h("span", { id: "matte" }, h("a", { href: url("matte"), download: "" }, "Download the matte"),
+    h("span", { class: "muted" }, " (the person's alpha, as a gray video)")) : null;
   if (m.outputs.video) {
     items.push(h("figure", { class: "player" }, h("video", { id: "video", controls: true, preload: "metadata", src: url("video"), autoplay: play,
       poster: m.outputs.poster ? url("poster") : undefined, "aria-label": "The job's video" }),
-      h("figcaption", {}, h("a", { href: url("video"), download: "" }, "Download the video"))));
-  }
+      h("figcaption", {}, h("a", { href: url("video"), download: "" }, "Download the video"), matte ? " · " : null, matte)));
+  } else if (matte) items.push(h("p", {}, matte));
   if (m.outputs.poster) items.push(h("figure", {}, h("img", { src: url("poster"), alt: "Poster frame", class: "thumb" }),
     h("figcaption", {}, "Poster")));
   if (m.outputs.contact_sheet) items.push(h("figure", {}, h("img", { src: url("contact_sheet"),
