@@ -9,20 +9,16 @@
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 from collections.abc import Callable, Iterator
 
-from core.jobs import derive_job_id
-from core.storage import PreconditionFailed, Storage
+from core.jobs import cas_update, derive_job_id
+from core.storage import Storage
 from core.storage.base import ObjectNotFound
 from schemas.batch import BatchManifest
 from schemas.errors import VideostudioError
-from schemas.manifest import utcnow
 
 BATCHES_PREFIX = "batches/"
 CAS_RETRIES = 100  # every item's start and end lands on one manifest: more writers collide than on a job's
-CAS_BACKOFF_S = 0.02
 
 
 def derive_batch_id(bucket: str, key: str, content_hash: str) -> str:
@@ -81,21 +77,10 @@ class BatchStore:
     def update(self, batch_id: str, mutate: Callable[[BatchManifest], bool | None]) -> BatchManifest:
         """Apply `mutate` to the latest manifest and write it back if nobody wrote in between.
         `mutate` returning False means "nothing changed": no write."""
-        for _ in range(CAS_RETRIES):
-            manifest, etag = self._load_with_etag(batch_id)
-            if manifest is None:
-                raise VideostudioError("batch_not_found", f"no batch {batch_id!r}")
-            if mutate(manifest) is False:
-                return manifest
-            manifest.updated_at = utcnow()
-            try:
-                self.storage.put_bytes(batch_manifest_key(batch_id), _dump(manifest), if_match=etag,
-                                       content_type="application/json")
-                return manifest
-            except PreconditionFailed:
-                time.sleep(random.uniform(0, CAS_BACKOFF_S))
-        raise VideostudioError("manifest_contention", f"could not update the manifest of batch {batch_id}",
-                               retryable=True)
+        return cas_update(self.storage, batch_manifest_key(batch_id), lambda: self._load_with_etag(batch_id), mutate,
+                          dump=_dump, retries=CAS_RETRIES,
+                          missing=lambda: VideostudioError("batch_not_found", f"no batch {batch_id!r}"),
+                          what=f"manifest of batch {batch_id}")
 
     def batch_ids(self) -> Iterator[str]:
         for info in self.storage.list(BATCHES_PREFIX):

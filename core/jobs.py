@@ -15,6 +15,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from functools import lru_cache
 from importlib import metadata
 
@@ -34,6 +35,7 @@ from schemas.manifest import (
 JOBS_PREFIX = "jobs/"
 CAS_RETRIES = 50
 CAS_BACKOFF_S = 0.02
+DocT = TypeVar("DocT", bound=Any)  # a pydantic manifest with an `updated_at`
 
 # Which stage statuses may follow which: anything else is a bug, not a user error.
 STAGE_TRANSITIONS: dict[StageStatus, set[StageStatus]] = {
@@ -161,20 +163,14 @@ class ManifestStore:
 
     def update(self, job_id: str, mutate: Callable[[JobManifest], None]) -> JobManifest:
         """Apply `mutate` to the latest manifest and write it back if nobody wrote in between."""
-        for _ in range(CAS_RETRIES):
-            manifest, etag = self._load_with_etag(job_id)
-            if manifest is None:
-                raise VideostudioError("job_not_found", f"no job {job_id!r}")
+        def changed(manifest: JobManifest) -> bool:
             mutate(manifest)
-            manifest.updated_at = utcnow()
-            try:
-                self.storage.put_bytes(manifest_key(job_id), _dump(manifest), if_match=etag,
-                                       content_type="application/json")
-                return manifest
-            except PreconditionFailed:
-                time.sleep(random.uniform(0, CAS_BACKOFF_S))  # de-synchronise writers that collided
-                continue
-        raise VideostudioError("manifest_contention", f"could not update manifest of {job_id}", retryable=True)
+            return True  # a job's mutation always writes (its mutators return whatever they like)
+
+        return cas_update(self.storage, manifest_key(job_id), lambda: self._load_with_etag(job_id), changed,
+                          dump=_dump, retries=CAS_RETRIES,
+                          missing=lambda: VideostudioError("job_not_found", f"no job {job_id!r}"),
+                          what=f"manifest of {job_id}")
 
     def write_stage_manifest(self, stage_manifest: StageManifest) -> str:
         key = stage_prefix(stage_manifest.job_id, stage_manifest.stage) + "manifest.json"
@@ -190,6 +186,26 @@ class ManifestStore:
             manifest = self.load(job_id)
             if manifest is not None:
                 yield manifest
+
+
+def cas_update(storage: Storage, key: str, load: Callable[[], tuple[DocT | None, str | None]],
+               mutate: Callable[[DocT], bool | None], *, dump: Callable[[DocT], bytes], retries: int,
+               missing: Callable[[], VideostudioError], what: str) -> DocT:
+    """The compare-and-swap of a JSON manifest (a job's, a batch's): load it with its etag, `mutate` it, and write it
+    back only if nobody wrote in between, else again. `mutate` returning False means "nothing changed": no write."""
+    for _ in range(retries):
+        document, etag = load()
+        if document is None:
+            raise missing()
+        if mutate(document) is False:
+            return document
+        document.updated_at = utcnow()
+        try:
+            storage.put_bytes(key, dump(document), if_match=etag, content_type="application/json")
+            return document
+        except PreconditionFailed:
+            time.sleep(random.uniform(0, CAS_BACKOFF_S))  # de-synchronise writers that collided
+    raise VideostudioError("manifest_contention", f"could not update the {what}", retryable=True)
 
 
 def _dump(manifest: JobManifest) -> bytes:
